@@ -1,0 +1,18 @@
+//! smtptap: a man-in-the-middle SMTP recording proxy.
+//!
+//! How the parts fit, in the order bytes flow:
+//! - [`relay`]: the sockets. Accepts clients, connects upstream, copies bytes
+//!   both ways unchanged, and hands each read to the session observer.
+//! - [`smtp`]: the sans-IO protocol core. Line, reply, DATA and BDAT framing,
+//!   and [`smtp::session::Observer`], which pairs commands with replies and
+//!   emits exchanges. No sockets, files or clocks below it.
+//! - [`record`]: the recording format (version 1) and the per-session writer
+//!   that turns exchanges into JSON lines, spooling large bodies to disk.
+//! - [`server`]: the built-in test SMTP server, the default upstream.
+//! - [`cli`]: command-line flags, resolved into config structs.
+
+pub mod cli;
+pub mod record;
+pub mod relay;
+pub mod server;
+pub mod smtp;

@@ -1,0 +1,191 @@
+//! Holds one message's content until its exchange is written: in memory while
+//! small, in an unlinked temporary file beside the recordings when large, so
+//! the proxy's memory does not grow with message size.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// Content kept in memory up to this size; beyond it, on disk.
+const IN_MEMORY: usize = 256 * 1024;
+/// Read size when streaming a spilled body out.
+const BLOCK: usize = 64 * 1024;
+
+pub struct Spool {
+    memory: Vec<u8>,
+    file: Option<File>,
+    utf8: Utf8Check,
+}
+
+impl Spool {
+    pub fn new() -> Spool {
+        Spool { memory: Vec::new(), file: None, utf8: Utf8Check::default() }
+    }
+
+    pub fn push(&mut self, chunk: &[u8], dir: &Path) -> io::Result<()> {
+        self.utf8.update(chunk);
+        if self.file.is_none() && self.memory.len() + chunk.len() <= IN_MEMORY {
+            self.memory.extend_from_slice(chunk);
+            return Ok(());
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                let mut f = tempfile::tempfile_in(dir)?;
+                f.write_all(&self.memory)?;
+                self.memory = Vec::new();
+                self.file.insert(f)
+            }
+        };
+        file.write_all(chunk)
+    }
+
+    /// Writes `{"encoding":…,"data":"…"}` for the content, streaming it.
+    pub fn write_json_body(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let utf8 = self.utf8.is_valid();
+        out.write_all(if utf8 { br#"{"encoding":"utf8","data":""# } else { br#"{"encoding":"base64","data":""# })?;
+        let mut reader: Box<dyn Read + '_> = match &mut self.file {
+            Some(f) => {
+                f.seek(SeekFrom::Start(0))?;
+                Box::new(io::BufReader::with_capacity(BLOCK, f))
+            }
+            None => Box::new(&self.memory[..]),
+        };
+        if utf8 {
+            write_json_string_contents(&mut reader, out)?;
+        } else {
+            let mut encoder = base64::write::EncoderWriter::new(&mut *out, &B64);
+            io::copy(&mut reader, &mut encoder)?;
+            encoder.finish()?;
+        }
+        out.write_all(br#""}"#)
+    }
+}
+
+/// Streams valid UTF-8 from `reader` as the escaped contents of a JSON string.
+fn write_json_string_contents(reader: &mut impl Read, out: &mut impl Write) -> io::Result<()> {
+    let mut block = vec![0u8; BLOCK];
+    let mut carry = 0; // bytes of a split character kept at the front of `block`
+    let mut escaped = Vec::with_capacity(BLOCK + BLOCK / 8);
+    loop {
+        let n = reader.read(&mut block[carry..])?;
+        let filled = carry + n;
+        let valid = match std::str::from_utf8(&block[..filled]) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        if n == 0 && valid < filled {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "spooled body is not UTF-8"));
+        }
+        let text = std::str::from_utf8(&block[..valid]).map_err(io::Error::other)?;
+        escaped.clear();
+        serde_json::to_writer(&mut escaped, text)?;
+        out.write_all(&escaped[1..escaped.len() - 1])?;
+        block.copy_within(valid..filled, 0);
+        carry = filled - valid;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Incremental UTF-8 validation over arbitrary chunk splits.
+#[derive(Default)]
+struct Utf8Check {
+    invalid: bool,
+    /// The start of a character split by a chunk boundary.
+    tail: Vec<u8>,
+}
+
+impl Utf8Check {
+    fn update(&mut self, mut chunk: &[u8]) {
+        if self.invalid {
+            return;
+        }
+        if !self.tail.is_empty() {
+            // Complete the split character with at most 3 more bytes.
+            let need = (4 - self.tail.len()).min(chunk.len());
+            self.tail.extend_from_slice(&chunk[..need]);
+            match std::str::from_utf8(&self.tail) {
+                Ok(_) => {
+                    chunk = &chunk[need..];
+                    self.tail.clear();
+                }
+                Err(e) if e.valid_up_to() > 0 => {
+                    let used = e.valid_up_to() - (self.tail.len() - need);
+                    chunk = &chunk[used..];
+                    self.tail.clear();
+                }
+                Err(e) if e.error_len().is_none() => return, // still incomplete
+                Err(_) => {
+                    self.invalid = true;
+                    return;
+                }
+            }
+        }
+        match std::str::from_utf8(chunk) {
+            Ok(_) => {}
+            Err(e) if e.error_len().is_none() => self.tail = chunk[e.valid_up_to()..].to_vec(),
+            Err(_) => self.invalid = true,
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        !self.invalid && self.tail.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_json(parts: &[&[u8]]) -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::new();
+        for p in parts {
+            spool.push(p, dir.path()).unwrap();
+        }
+        let mut out = Vec::new();
+        spool.write_json_body(&mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn utf8_split_characters_at_every_point() {
+        let text = "Grüße, 世界! 🎉\r\n\"quoted\"\t\\".as_bytes();
+        for split in 0..=text.len() {
+            let v = body_json(&[&text[..split], &text[split..]]);
+            assert_eq!(v["encoding"], "utf8", "split {split}");
+            assert_eq!(v["data"].as_str().unwrap().as_bytes(), text);
+        }
+    }
+
+    #[test]
+    fn binary_goes_base64() {
+        let v = body_json(&[b"abc\xff", b"\x00def"]);
+        assert_eq!(v["encoding"], "base64");
+        assert_eq!(v["data"], "YWJj/wBkZWY=");
+    }
+
+    #[test]
+    fn truncated_character_at_end_is_not_utf8() {
+        let v = body_json(&["é".as_bytes()[..1].as_ref()]);
+        assert_eq!(v["encoding"], "base64");
+    }
+
+    #[test]
+    fn large_bodies_spill_to_disk_and_come_back_whole() {
+        let line = "Zeile mit Umlauten: äöü — 1234567890\r\n".repeat(20_000); // ~800 KiB
+        let bytes = line.as_bytes();
+        let parts: Vec<&[u8]> = bytes.chunks(7001).collect();
+        let v = body_json(&parts);
+        assert_eq!(v["encoding"], "utf8");
+        assert_eq!(v["data"].as_str().unwrap(), line);
+        let mut binary = bytes.to_vec();
+        binary.push(0xfe);
+        let v = body_json(&[&binary]);
+        use base64::Engine as _;
+        assert_eq!(B64.decode(v["data"].as_str().unwrap()).unwrap(), binary);
+    }
+}
