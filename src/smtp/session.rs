@@ -477,3 +477,264 @@ impl<T: Output> Output for Option<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Collects what the observer emits; `content` is per message.
+    #[derive(Default, Debug)]
+    struct Collect {
+        exchanges: Vec<Exchange>,
+        contents: Vec<Vec<u8>>,
+        notes: Vec<String>,
+    }
+
+    impl Output for Collect {
+        fn exchange(&mut self, e: Exchange) {
+            self.exchanges.push(e);
+        }
+        fn message_start(&mut self) {
+            self.contents.push(Vec::new());
+        }
+        fn content(&mut self, chunk: &[u8]) {
+            self.contents.last_mut().expect("content after message_start").extend_from_slice(chunk);
+        }
+        fn note(&mut self, _t: String, text: String, _data: Option<&[u8]>) {
+            self.notes.push(text);
+        }
+    }
+
+    enum Step {
+        C(&'static [u8]),
+        S(&'static [u8]),
+    }
+    use Step::{C, S};
+
+    /// Feeds the steps, each cut at `cuts` (offsets, wrapped to the step's length).
+    fn observe(steps: &[Step], cuts: &[usize]) -> Collect {
+        let clock = Clock::now();
+        let now = clock.started;
+        let mut obs = Observer::new(clock);
+        let mut out = Collect::default();
+        for (i, step) in steps.iter().enumerate() {
+            let (bytes, client) = match step {
+                C(b) => (*b, true),
+                S(b) => (*b, false),
+            };
+            let cut = cuts.get(i).map_or(0, |c| c % (bytes.len() + 1));
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                if client {
+                    obs.client_bytes(now, part, &mut out);
+                } else {
+                    obs.server_bytes(now, part, &mut out);
+                }
+            }
+        }
+        obs.finish(now, &mut out);
+        out
+    }
+
+    fn verbs(out: &Collect) -> Vec<(Option<String>, Option<u16>)> {
+        out.exchanges
+            .iter()
+            .map(|e| (e.command.as_ref().and_then(|c| c.verb.clone()), e.reply.as_ref().map(|r| r.code)))
+            .collect()
+    }
+
+    fn v(verb: &str, code: u16) -> (Option<String>, Option<u16>) {
+        ((!verb.is_empty()).then(|| verb.to_owned()), Some(code))
+    }
+
+    const PIPELINED: &[Step] = &[
+        S(b"220 mx ESMTP\r\n"),
+        C(b"EHLO c\r\n"),
+        S(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n"),
+        C(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n"),
+        S(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.7.1 Relaying denied\r\n354 go\r\n"),
+        C(b"Subject: t\r\n\r\n..dot\r\n.\r\nQUIT\r\n"),
+        S(b"250 2.0.0 queued\r\n221 2.0.0 Bye\r\n"),
+    ];
+
+    #[test]
+    fn pipelined_batch_pairs_in_order() {
+        let out = observe(PIPELINED, &[]);
+        assert_eq!(
+            verbs(&out),
+            [
+                v("", 220),
+                v("EHLO", 250),
+                v("MAIL", 250),
+                v("RCPT", 250),
+                v("RCPT", 550),
+                v("DATA", 354),
+                v("", 250),
+                v("QUIT", 221)
+            ]
+        );
+        let pipelined: Vec<Option<bool>> = out.exchanges.iter().map(|e| e.pipelined).collect();
+        let (t, f) = (Some(true), Some(false));
+        assert_eq!(pipelined, [None, f, f, t, t, t, None, t], "QUIT came with the end of data");
+        assert_eq!(out.exchanges[4].reply.as_ref().unwrap().enhanced.as_deref(), Some("5.7.1"));
+        assert_eq!(out.contents, [b"Subject: t\r\n\r\n.dot\r\n".to_vec()]);
+        let message = out.exchanges[6].message.as_ref().unwrap();
+        assert_eq!((message.size, message.complete), (20, true));
+        assert_eq!(message.headers.get("subject").map(String::as_str), Some("t"));
+        assert_eq!(out.exchanges.iter().map(|e| e.seq).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        assert!(out.notes.is_empty());
+    }
+
+    #[test]
+    fn body_sent_before_354_waits_for_the_reply() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"DATA\r\nSubject: early\r\n\r\nbody\r\n.\r\nNOOP\r\n"),
+            S(b"354 go\r\n250 ok\r\n250 noop\r\n"),
+        ];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("DATA", 354), v("", 250), v("NOOP", 250)]);
+        assert_eq!(out.contents, [b"Subject: early\r\n\r\nbody\r\n".to_vec()]);
+    }
+
+    #[test]
+    fn rejected_data_leaves_command_mode() {
+        let steps =
+            [S(b"220 mx\r\n"), C(b"DATA\r\n"), S(b"554 5.5.1 no recipients\r\n"), C(b"RSET\r\n"), S(b"250 ok\r\n")];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("DATA", 554), v("RSET", 250)]);
+        assert!(out.contents.is_empty());
+    }
+
+    #[test]
+    fn bdat_chunks_pipelined_with_binary_content() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"MAIL FROM:<a>\r\nRCPT TO:<b>\r\nBDAT 6\r\nA\r\n\x00\xff\rBDAT 3 LAST\r\n.\r\nMAIL FROM:<c>\r\n"),
+            S(b"250 ok\r\n250 ok\r\n250 6 octets\r\n250 queued\r\n250 ok\r\n"),
+        ];
+        for cut in 0..120 {
+            let out = observe(&steps, &[0, cut, cut]);
+            assert_eq!(
+                verbs(&out),
+                [v("", 220), v("MAIL", 250), v("RCPT", 250), v("BDAT", 250), v("BDAT", 250), v("MAIL", 250)]
+            );
+            assert_eq!(out.contents, [b"A\r\n\x00\xff\r.\r\n".to_vec()], "cut {cut}");
+            let message = out.exchanges[4].message.as_ref().expect("message on BDAT LAST");
+            assert_eq!(message.size, 9);
+            assert!(out.exchanges[3].message.is_none());
+        }
+    }
+
+    #[test]
+    fn bdat_abandoned_by_rset_is_recorded_incomplete() {
+        let steps = [S(b"220 mx\r\n"), C(b"BDAT 2\r\nhiRSET\r\n"), S(b"250 2 octets\r\n250 reset\r\n")];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), (None, None), v("BDAT", 250), v("RSET", 250)]);
+        let message = out.exchanges[1].message.as_ref().unwrap();
+        assert_eq!((message.size, message.complete), (2, false));
+    }
+
+    #[test]
+    fn auth_secrets_never_reach_the_record() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n"),
+            S(b"535 5.7.8 bad\r\n"),
+            C(b"AUTH LOGIN\r\n"),
+            S(b"334 VXNlcm5hbWU6\r\n"),
+            C(b"am9l\r\n"),
+            S(b"334 UGFzc3dvcmQ6\r\n"),
+            C(b"c2VjcmV0\r\n"),
+            S(b"235 2.7.0 ok\r\n"),
+            C(b"AUTH CRAM-MD5\r\n"),
+            S(b"334 PDEyMz4=\r\n"),
+            C(b"*\r\n"),
+            S(b"501 5.7.0 cancelled\r\n"),
+        ];
+        let out = observe(&steps, &[]);
+        assert_eq!(
+            verbs(&out),
+            [v("", 220), v("AUTH", 535), v("AUTH", 334), v("", 334), v("", 235), v("AUTH", 334), v("", 501)]
+        );
+        let lines: Vec<&str> =
+            out.exchanges.iter().filter_map(|e| e.command.as_ref()).map(|c| c.line.as_str()).collect();
+        assert_eq!(lines, ["AUTH PLAIN <redacted>", "AUTH LOGIN", "<redacted>", "<redacted>", "AUTH CRAM-MD5", "*"]);
+        let json = serde_json::to_string(&out.exchanges).unwrap();
+        for secret in ["AGpvZQBzZWNyZXQ=", "am9l", "c2VjcmV0"] {
+            assert!(!json.contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn starttls_accepted_makes_the_rest_opaque() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"STARTTLS\r\n"),
+            S(b"220 go ahead\r\n"),
+            C(b"\x16\x03\x01 tls"),
+            S(b"\x16\x03\x03 tls"),
+        ];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("STARTTLS", 220)]);
+        assert_eq!(out.notes.len(), 1);
+    }
+
+    #[test]
+    fn session_ending_early_keeps_everything() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"MAIL FROM:<a>\r\nRCPT TO:<b>\r\nDATA\r\n"),
+            S(b"250 ok\r\n250-partial\r\n"),
+            C(b"QU"),
+        ];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("MAIL", 250), (Some("RCPT".into()), None), (Some("DATA".into()), None)]);
+        assert_eq!(out.notes.len(), 2, "held client bytes and the partial reply: {:?}", out.notes);
+        let steps = [S(b"220 mx\r\n"), C(b"DATA\r\n"), S(b"354 go\r\n"), C(b"Subject: x\r\n\r\npart")];
+        let out = observe(&steps, &[]);
+        let last = out.exchanges.last().unwrap();
+        let message = last.message.as_ref().unwrap();
+        assert_eq!((message.size, message.complete, last.reply.is_none()), (18, false, true));
+        let steps = [S(b"220 mx\r\n"), C(b"MAIL FR")];
+        let out = observe(&steps, &[]);
+        let partial = out.exchanges.last().unwrap().command.as_ref().unwrap();
+        assert_eq!((partial.line.as_str(), partial.incomplete), ("MAIL FR", true));
+    }
+
+    #[test]
+    fn unsolicited_reply_and_talking_before_greeting() {
+        let steps = [C(b"EHLO early\r\n"), S(b"220 mx\r\n250 hi\r\n421 4.4.2 bye\r\n")];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("EHLO", 250), v("", 421)]);
+        assert_eq!(out.exchanges[1].pipelined, Some(true));
+    }
+
+    #[test]
+    fn non_utf8_and_overlong_lines_are_lossless_or_measured() {
+        let long: &'static [u8] = Box::leak(
+            [b"NOOP ".as_slice(), &vec![b'x'; super::super::line::MAX_LINE + 10], b"\r\n"].concat().into_boxed_slice(),
+        );
+        let steps = [S(b"220 mx\r\n"), C(b"HELO \xff\xfe\r\n"), S(b"250 h\xe9llo\r\n"), C(long), S(b"250 ok\r\n")];
+        let out = observe(&steps, &[]);
+        let helo = &out.exchanges[1];
+        assert_eq!(helo.command.as_ref().unwrap().line_base64.as_deref(), Some("SEVMTyD//g=="));
+        assert_eq!(helo.reply.as_ref().unwrap().lines_base64.as_ref().unwrap()[0], "aOlsbG8=");
+        let noop = out.exchanges[2].command.as_ref().unwrap();
+        assert_eq!(noop.length, Some(long.len() - 2));
+        assert_eq!(noop.line.len(), super::super::line::MAX_LINE);
+    }
+
+    proptest! {
+        /// Any read split of either direction gives the same exchanges.
+        #[test]
+        fn pairing_is_independent_of_read_splits(cuts in proptest::collection::vec(0usize..200, PIPELINED.len())) {
+            let whole = observe(PIPELINED, &[]);
+            let split = observe(PIPELINED, &cuts);
+            prop_assert_eq!(verbs(&split), verbs(&whole));
+            prop_assert_eq!(&split.contents, &whole.contents);
+            let lines = |o: &Collect| o.exchanges.iter().map(|e| (e.command.clone(), e.reply.clone(), e.pipelined)).collect::<Vec<_>>();
+            prop_assert_eq!(lines(&split), lines(&whole));
+        }
+    }
+}
