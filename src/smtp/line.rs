@@ -81,11 +81,6 @@ impl LineAssembler {
     pub fn is_idle(&self) -> bool {
         self.complete || self.len == 0
     }
-
-    /// Bytes of the unfinished line seen so far (0 when idle).
-    pub fn partial_len(&self) -> usize {
-        if self.complete { 0 } else { self.len }
-    }
 }
 
 #[cfg(test)]
@@ -146,6 +141,6 @@ mod tests {
         assert!(a.is_idle());
         a.feed(b"MAIL FR");
         assert!(!a.is_idle());
-        assert_eq!(a.partial_len(), 7);
+        assert_eq!(a.partial(), Line { text: b"MAIL FR", len: 7 });
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// Most client bytes held while a framing-deciding reply is outstanding. A
 /// client sending more than this without waiting is misbehaving; the excess
 /// is relayed but only counted in the record.
-const MAX_HELD: usize = 1024 * 1024;
+const MAX_HELD: usize = 64 * 1024;
 
 /// Where the observer's results go: the recorder, or a test's collector.
 pub trait Output {
@@ -158,6 +158,9 @@ impl Observer {
 
     /// Bytes the client sent towards the server.
     pub fn client_bytes(&mut self, now: Instant, mut input: &[u8], out: &mut impl Output) {
+        if matches!(self.mode, Mode::Opaque) {
+            return;
+        }
         if !self.held.is_empty() || self.blocked() {
             self.hold(now, input);
             return;
@@ -401,6 +404,12 @@ impl Observer {
                 self.mode = Mode::Opaque;
                 let text = "the server accepted STARTTLS; what follows is encrypted end to end and not recorded";
                 out.note(self.clock.wall(now), text.into(), None);
+                if !self.held.is_empty() {
+                    // Plaintext pipelined after STARTTLS: the CVE-2011-0411 injection pattern.
+                    let text = format!("the client sent {} bytes after STARTTLS, before its reply", self.held.len());
+                    out.note(self.clock.wall(self.held_since.unwrap_or(now)), text, Some(&self.held));
+                    self.held.clear();
+                }
             }
             Awaited::Command(CommandKind::Quit) if reply.is_positive() => self.quit_accepted = true,
             _ => {}
