@@ -29,7 +29,17 @@ fn pipelined_session_is_relayed_byte_exact_and_paired() {
     let session = &proxy.sessions(1)[0];
     assert_eq!(session[0]["type"], "session");
     let s = summary(session);
-    let want = [("-", 220), ("EHLO", 250), ("MAIL", 250), ("RCPT", 250), ("RCPT", 250), ("DATA", 354), ("-", 250), ("NOOP", 250), ("QUIT", 221)];
+    let want = [
+        ("-", 220),
+        ("EHLO", 250),
+        ("MAIL", 250),
+        ("RCPT", 250),
+        ("RCPT", 250),
+        ("DATA", 354),
+        ("-", 250),
+        ("NOOP", 250),
+        ("QUIT", 221),
+    ];
     assert_eq!(s, want.map(|(v, c)| (v.to_owned(), c)).to_vec());
     let ex = exchanges(session);
     let pipelined: Vec<bool> = ex.iter().filter_map(|e| e["pipelined"].as_bool()).collect();

@@ -134,8 +134,11 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
 /// All recordings in `dir`, each as its parsed lines, ordered by session start.
 pub fn read_dir_sessions(dir: &Path) -> Vec<Vec<Value>> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> =
-        entries.map_while(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
+    let mut files: Vec<PathBuf> = entries
+        .map_while(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
     files.sort();
     let mut sessions: Vec<Vec<Value>> = files.iter().map(|f| read_records(f)).collect();
     sessions.sort_by(|a, b| a[0]["started"].as_str().cmp(&b[0]["started"].as_str()));
