@@ -58,3 +58,56 @@ fn pipelined_session_is_relayed_byte_exact_and_paired() {
     assert_eq!(end["bytes_from_client"], sent.len());
     assert_eq!(end["bytes_from_upstream"], client.received.len());
 }
+
+/// Sends one message by hand; returns the raw bytes the client received.
+fn send_message(proxy: &Proxy, content: &[u8]) -> Vec<u8> {
+    let mut client = RawClient::connect(proxy.addr);
+    client.read_replies(1);
+    client.send(b"EHLO raw.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    client.read_replies(5);
+    client.send(content);
+    client.send(b"QUIT\r\n");
+    client.read_to_close()
+}
+
+#[test]
+fn no_bodies_keeps_size_digest_and_headers_only() {
+    let proxy = Proxy::start(&["--no-bodies"]);
+    let content: &[u8] = b"Subject: secret plans\r\nDate: today\r\n\r\nthe body\r\n";
+    send_message(&proxy, &[content, b".\r\n"].concat());
+    let session = &proxy.sessions(1)[0];
+    let ex = exchanges(session);
+    let message = &ex[5]["message"];
+    assert_eq!(message["size"], content.len());
+    assert_eq!(message["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(message["headers"]["subject"], "secret plans");
+    assert!(message.get("body").is_none(), "{message}");
+    let raw = std::fs::read_to_string(proxy.record_dir().read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert!(!raw.contains("the body"));
+}
+
+#[test]
+fn binary_body_is_recorded_base64_and_lossless() {
+    let proxy = Proxy::start(&[]);
+    let received = send_message(&proxy, b"Subject: bin\r\n\r\n\x00\xff\xfe\r\n\x80.\r\n.\r\n");
+    assert!(String::from_utf8_lossy(&received).contains("250 2.0.0 Ok: queued"));
+    let session = &proxy.sessions(1)[0];
+    let ex = exchanges(session);
+    assert_eq!(ex[5]["message"]["body"]["encoding"], "base64");
+    assert_eq!(body_bytes(ex[5]), b"Subject: bin\r\n\r\n\x00\xff\xfe\r\n\x80.\r\n");
+    assert!(session[0]["upstream"].as_str().unwrap().starts_with("builtin:127.0.0.1:"));
+}
+
+#[test]
+fn every_listener_accepts_and_records_its_address() {
+    let mut proxy = Proxy::start(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(proxy.addrs.len(), 2);
+    for addr in proxy.addrs.clone() {
+        proxy.addr = addr;
+        send_message(&proxy, b"Subject: one\r\n\r\nx\r\n.\r\n");
+    }
+    let listens: Vec<String> = proxy.sessions(2).iter().map(|s| s[0]["listen"].as_str().unwrap().to_owned()).collect();
+    for addr in &proxy.addrs {
+        assert!(listens.contains(&addr.to_string()), "{addr} not in {listens:?}");
+    }
+}

@@ -21,7 +21,10 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// A running `smtptap proxy`, killed on drop.
 pub struct Proxy {
     pub child: Child,
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of the `--listen` flags.
+    pub addrs: Vec<SocketAddr>,
     pub dir: tempfile::TempDir,
     stderr: Arc<Mutex<String>>,
 }
@@ -67,14 +70,18 @@ impl Proxy {
                 }
             }
         });
-        let addr = match rx.recv_timeout(PATIENCE) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("smtptap did not start listening; stderr:\n{}", stderr.lock().unwrap());
+        let listeners = 1 + args.iter().filter(|a| **a == "--listen").count();
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            match rx.recv_timeout(PATIENCE) {
+                Ok(a) => addrs.push(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("smtptap did not start listening; stderr:\n{}", stderr.lock().unwrap());
+                }
             }
-        };
-        Proxy { child, addr, dir, stderr }
+        }
+        Proxy { child, addr: addrs[0], addrs, dir, stderr }
     }
 
     pub fn record_dir(&self) -> PathBuf {
