@@ -37,9 +37,16 @@ pub struct SessionRecorder {
 impl SessionRecorder {
     /// Creates `<dir>/<name>` (0600, never an existing file) and writes the `session` line.
     pub fn create(dir: &Path, info: &SessionInfo, keep_bodies: bool) -> io::Result<SessionRecorder> {
-        ensure_dir(dir)?;
         let path = dir.join(file_name_for(info));
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let open = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+        let file = match open() {
+            // The directory was removed while the proxy ran: make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(dir)?;
+                open()?
+            }
+            other => other?,
+        };
         let mut recorder = SessionRecorder {
             file,
             path,
