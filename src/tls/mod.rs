@@ -1,0 +1,4 @@
+//! TLS: the local CA, rustls configurations for both sides, certificate facts
+//! for the record.
+
+pub mod ca;
