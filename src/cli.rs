@@ -16,6 +16,24 @@ pub struct Cli {
 pub enum Cmd {
     /// Relay clients to one upstream SMTP server, recording every exchange.
     Proxy(ProxyArgs),
+    /// Create or show smtptap's local certificate authority.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Create the CA (ca.pem, ca-key.pem) if it does not exist yet.
+    Init(CaArgs),
+    /// Print the CA's path, SHA-256 fingerprint and how to trust it.
+    Show(CaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    /// Directory of the local CA.
+    #[arg(long, value_name = "DIR", default_value = "./certs")]
+    pub ca_dir: PathBuf,
 }
 
 /// TLS towards one side of the proxy.

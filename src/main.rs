@@ -1,7 +1,8 @@
 //! The `smtptap` binary: parse flags, set up logging, run, map errors to exit codes.
 
 use clap::Parser;
-use smtptap::cli::{Cli, Cmd};
+use smtptap::cli::{CaCmd, Cli, Cmd};
+use smtptap::tls::ca::LocalCa;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -25,6 +26,15 @@ fn main() -> ExitCode {
             Ok(config) => runtime.block_on(smtptap::relay::run(config, shutdown_signal())).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
+        Cmd::Ca(CaCmd::Init(args)) => LocalCa::load_or_create(&args.ca_dir)
+            .map(|(ca, created)| {
+                let verb = if created { "created" } else { "already exists:" };
+                println!("{verb} {} (SHA-256 {})", ca.cert_path().display(), ca.fingerprint());
+            })
+            .map_err(|e| e.to_string()),
+        Cmd::Ca(CaCmd::Show(args)) => LocalCa::load_or_create(&args.ca_dir)
+            .map(|(ca, _)| print!("{}", smtptap::tls::instructions::describe(&ca)))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

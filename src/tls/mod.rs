@@ -2,3 +2,5 @@
 //! for the record.
 
 pub mod ca;
+pub mod config;
+pub mod instructions;

@@ -1,0 +1,176 @@
+//! rustls configurations: towards clients (leaves from the local CA, chosen by
+//! SNI) and towards the upstream (system roots, extra anchors, or none).
+
+use super::ca::LocalCa;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("{} holds no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("no trust anchors: the system has no CA certificates and no --upstream-ca was given")]
+    NoRoots,
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Presents a leaf for the name the client asked for (SNI), else for the
+/// default name (the upstream host).
+#[derive(Debug)]
+pub struct LeafResolver {
+    ca: Arc<LocalCa>,
+    default_name: String,
+}
+
+impl ResolvesServerCert for LeafResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().unwrap_or(&self.default_name);
+        match self.ca.leaf(name) {
+            Ok(leaf) => Some(leaf),
+            Err(e) => {
+                tracing::error!(name, error = %e, "cannot issue a certificate");
+                None
+            }
+        }
+    }
+}
+
+/// The configuration for TLS towards clients.
+pub fn client_facing(ca: Arc<LocalCa>, default_name: &str) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    let resolver = Arc::new(LeafResolver { ca, default_name: default_name.to_owned() });
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    Ok(Arc::new(config))
+}
+
+/// The configuration for TLS towards clients with a given certificate (`--cert/--key`).
+pub fn client_facing_fixed(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    let chain = read_certs(cert)?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|source| TlsConfigError::Read { path: key.to_owned(), source })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Trust anchors for the upstream: the system's, plus `extra` (PEM).
+pub fn upstream_roots(extra: Option<&Path>) -> Result<Arc<RootCertStore>, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "while loading system CA certificates");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra {
+        for cert in read_certs(path)? {
+            roots.add(cert)?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsConfigError::NoRoots);
+    }
+    Ok(Arc::new(roots))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsConfigError::Read { path: path.to_owned(), source })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::NoCertificate { path: path.to_owned() });
+    }
+    Ok(certs)
+}
+
+/// TLS towards the upstream, and a way to tell afterwards whether the
+/// server's certificate verified (also when verification is not enforced).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl UpstreamTls {
+    /// `insecure`: complete handshakes whatever the certificate (it is still
+    /// checked, and the result recorded).
+    pub fn new(roots: Arc<RootCertStore>, insecure: bool) -> Result<UpstreamTls, TlsConfigError> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider()).build()?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+        let config = if insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+                .with_no_client_auth()
+        } else {
+            builder.with_webpki_verifier(verifier.clone()).with_no_client_auth()
+        };
+        Ok(UpstreamTls { config: Arc::new(config), verifier })
+    }
+
+    /// Whether `chain` verifies for `name` against the trust anchors.
+    pub fn verifies(&self, chain: &[CertificateDer<'_>], name: &ServerName<'_>) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.verifier.verify_server_cert(leaf, intermediates, name, &[], UnixTime::now()).map(|_| ())
+    }
+}
+
+/// `--insecure-upstream`: any certificate is accepted; handshake signatures
+/// are still checked, so the session is at least bound to that certificate.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
