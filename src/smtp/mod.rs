@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod data;
+pub mod ehlo;
 pub mod line;
 pub mod message;
 pub mod reply;
