@@ -57,7 +57,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
         None => {
             let listener = TcpListener::bind("127.0.0.1:0").await.map_err(ProxyError::BuiltinServer)?;
             let addr = listener.local_addr().map_err(ProxyError::BuiltinServer)?;
-            tokio::spawn(server::serve(listener, ServerConfig::default()));
+            tokio::spawn(server::serve(listener, ServerConfig::default(), None));
             (addr.to_string(), format!("builtin:{addr}"))
         }
     };

@@ -9,11 +9,12 @@
 use crate::smtp::command::{Command, CommandKind};
 use crate::smtp::data::DotDecoder;
 use crate::smtp::line::LineAssembler;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; we are lenient).
 const MAX_COMMAND: usize = 4096;
@@ -38,15 +39,23 @@ impl Default for ServerConfig {
     }
 }
 
+/// TLS for the test server: STARTTLS offered after EHLO, or TLS from the first byte.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub implicit: bool,
+}
+
 /// Accepts connections on `listener` forever, one task per session.
-pub async fn serve(listener: TcpListener, config: ServerConfig) {
-    let config = Arc::new(config);
+pub async fn serve(listener: TcpListener, config: ServerConfig, tls: Option<ServerTls>) {
+    let shared = Arc::new((config, tls));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let config = config.clone();
+                let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = run_session(stream, &config).await {
+                    let (config, tls) = &*shared;
+                    if let Err(e) = run_connection(stream, config, tls.as_ref()).await {
                         tracing::debug!(%peer, error = %e, "test server session ended with an error");
                     }
                 });
@@ -59,35 +68,65 @@ pub async fn serve(listener: TcpListener, config: ServerConfig) {
     }
 }
 
-/// Runs one session over any byte stream.
-pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    config: &ServerConfig,
-) -> std::io::Result<()> {
+/// Runs one session on a connection, with TLS as configured.
+pub async fn run_connection(mut stream: TcpStream, config: &ServerConfig, tls: Option<&ServerTls>) -> io::Result<()> {
     let mut session = ServerSession::new(config.clone());
+    match tls {
+        Some(tls) if tls.implicit => {
+            let mut stream = tls.acceptor.accept(stream).await?;
+            session.tls_started();
+            converse(&mut stream, &mut session, true).await?;
+            stream.shutdown().await
+        }
+        Some(tls) => {
+            session.offer_starttls();
+            if converse(&mut stream, &mut session, true).await? == Flow::StartTls {
+                let mut stream = tls.acceptor.accept(stream).await?;
+                session.tls_started();
+                converse(&mut stream, &mut session, false).await?;
+                stream.shutdown().await?;
+            }
+            Ok(())
+        }
+        None => converse(&mut stream, &mut session, true).await.map(drop),
+    }
+}
+
+/// Exchanges SMTP until the session closes or switches to TLS.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut ServerSession,
+    greet: bool,
+) -> io::Result<Flow> {
     let mut out = Vec::new();
-    session.greeting(&mut out);
-    stream.write_all(&out).await?;
+    if greet {
+        session.greeting(&mut out);
+        stream.write_all(&out).await?;
+    }
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match tokio::time::timeout(config.idle_timeout, stream.read(&mut buf)).await {
+        let n = match tokio::time::timeout(session.config.idle_timeout, stream.read(&mut buf)).await {
             Ok(n) => n?,
             Err(_) => {
                 stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await?;
-                return Ok(());
+                return Ok(Flow::Close);
             }
         };
         if n == 0 {
-            return Ok(());
+            return Ok(Flow::Close);
         }
         out.clear();
         let flow = session.feed(&buf[..n], &mut out);
         if !out.is_empty() {
             stream.write_all(&out).await?;
         }
-        if flow == Flow::Close {
-            stream.shutdown().await?;
-            return Ok(());
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                stream.shutdown().await?;
+                return Ok(Flow::Close);
+            }
+            Flow::StartTls => return Ok(Flow::StartTls),
         }
     }
 }
@@ -97,6 +136,9 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
 pub enum Flow {
     Continue,
     Close,
+    /// A TLS handshake follows; input after the STARTTLS line was discarded
+    /// (RFC 3207 §5: nothing sent before the handshake counts).
+    StartTls,
 }
 
 #[derive(Debug)]
@@ -119,6 +161,9 @@ pub struct ServerSession {
     received: u64,
     /// A BDAT transaction failed; its remaining chunks are read and refused.
     chunk_error: bool,
+    /// STARTTLS is advertised (until TLS is active).
+    starttls: bool,
+    tls_active: bool,
 }
 
 impl ServerSession {
@@ -132,7 +177,21 @@ impl ServerSession {
             recipients: 0,
             received: 0,
             chunk_error: false,
+            starttls: false,
+            tls_active: false,
         }
+    }
+
+    pub fn offer_starttls(&mut self) {
+        self.starttls = true;
+    }
+
+    /// TLS is now active: the client starts over with EHLO (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        self.tls_active = true;
+        self.greeted = false;
+        self.lines = LineAssembler::default();
+        self.reset();
     }
 
     pub fn greeting(&self, out: &mut Vec<u8>) {
@@ -146,8 +205,11 @@ impl ServerSession {
             let used = match &mut self.mode {
                 Mode::Commands => {
                     let (used, complete) = self.lines.feed(input);
-                    if complete && self.command(out) == Flow::Close {
-                        return Flow::Close;
+                    if complete {
+                        match self.command(out) {
+                            Flow::Continue => {}
+                            stop => return stop,
+                        }
                     }
                     used
                 }
@@ -192,12 +254,9 @@ impl ServerSession {
                 self.greeted = true;
                 let max = self.config.max_message_size;
                 let host = &self.config.hostname;
-                reply(
-                    out,
-                    &format!(
-                        "250-{host}\r\n250-PIPELINING\r\n250-SIZE {max}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING"
-                    ),
-                );
+                let tls = if self.starttls && !self.tls_active { "250-STARTTLS\r\n" } else { "" };
+                let extensions = "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING";
+                reply(out, &format!("250-{host}\r\n250-PIPELINING\r\n250-SIZE {max}\r\n{tls}{extensions}"));
             }
             ("HELO", _) => {
                 self.reset();
@@ -235,6 +294,11 @@ impl ServerSession {
             (_, CommandKind::Quit) => {
                 reply(out, "221 2.0.0 Bye");
                 return Flow::Close;
+            }
+            (_, CommandKind::StartTls) if self.tls_active => reply(out, "503 5.5.1 Error: TLS already active"),
+            (_, CommandKind::StartTls) if self.starttls => {
+                reply(out, "220 2.0.0 Ready to start TLS");
+                return Flow::StartTls;
             }
             (_, CommandKind::StartTls | CommandKind::Auth { .. }) => {
                 reply(out, "502 5.5.1 Error: command not implemented")
@@ -341,5 +405,23 @@ mod tests {
         assert_eq!(codes, ["503", "250", "503", "552", "554", "500"]);
         let long = format!("NOOP {}\r\n", "x".repeat(5000));
         assert!(talk(long.as_bytes()).0.starts_with("500 5.5.6"));
+    }
+
+    #[test]
+    fn starttls_is_offered_then_discards_pipelined_input() {
+        let mut s = ServerSession::new(ServerConfig::default());
+        s.offer_starttls();
+        let mut out = Vec::new();
+        assert_eq!(s.feed(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected>\r\n", &mut out), Flow::StartTls);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("250-STARTTLS\r\n"));
+        assert!(text.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{text}");
+        s.tls_started();
+        let mut out = Vec::new();
+        s.feed(b"MAIL FROM:<a>\r\nEHLO c\r\nSTARTTLS\r\n", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("503 5.5.1 Error: send HELO/EHLO first"), "greeting state reset: {text}");
+        assert!(!text.contains("STARTTLS"), "{text}");
+        assert!(text.ends_with("503 5.5.1 Error: TLS already active\r\n"));
     }
 }
