@@ -19,6 +19,7 @@ pub const FORMAT: u32 = 1;
 pub enum Record {
     Session(SessionInfo),
     Exchange(Exchange),
+    Tls(TlsInfo),
     Note(Note),
     End(SessionEnd),
 }
@@ -159,6 +160,46 @@ pub struct Body {
 pub enum BodyEncoding {
     Utf8,
     Base64,
+}
+
+/// A TLS handshake on one side of the proxy, or its failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    pub side: TlsSide,
+    pub t: String,
+    /// `TLSv1.3`, `TLSv1.2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    /// The name the client asked for (client side) or smtptap sent (upstream side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// The upstream's certificate (upstream side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerCertificate>,
+    /// Why the handshake failed, with the TLS alert when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsSide {
+    Client,
+    Upstream,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerCertificate {
+    pub subject: String,
+    pub issuer: String,
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub sha256: String,
+    /// Whether it verified against the trust anchors for the name used.
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
 }
 
 /// Something the proxy observed that is not an exchange.

@@ -3,4 +3,5 @@
 
 pub mod ca;
 pub mod config;
+pub mod info;
 pub mod instructions;
