@@ -7,7 +7,7 @@ use smtptap::record::format::{Exchange, Record, ReplyRecord};
 use smtptap::smtp::command::Command;
 use smtptap::smtp::data::{DotDecoder, dot_stuff};
 use smtptap::smtp::reply::ReplyParser;
-use smtptap::smtp::session::{Clock, Observer, Output};
+use smtptap::smtp::session::{Clock, Observer, Output, StartTlsPolicy};
 use std::hint::black_box;
 
 fn replies(c: &mut Criterion) {
@@ -87,7 +87,7 @@ fn observer(c: &mut Criterion) {
         b.iter(|| {
             let clock = Clock::now();
             let now = clock.started;
-            let mut o = Observer::new(clock);
+            let mut o = Observer::new(clock, StartTlsPolicy::Mirror);
             let mut out = Discard;
             o.server_bytes(now, b"220 mx\r\n", &mut out);
             o.client_bytes(now, client, &mut out);
@@ -126,6 +126,7 @@ fn records(c: &mut Criterion) {
         }),
         ms: Some(0.123),
         origin: None,
+        answered_by: None,
     };
     let record = Record::Exchange(exchange);
     let mut g = c.benchmark_group("record");

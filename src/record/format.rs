@@ -59,6 +59,9 @@ pub struct Exchange {
     /// `"proxy"` for what smtptap itself sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// `"proxy"` when smtptap answered the command itself (STARTTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// A command line as recorded (secrets already redacted).

@@ -8,7 +8,7 @@ use super::Shared;
 use crate::record::format::{EndReason, SessionEnd, SessionInfo};
 use crate::record::writer::SessionRecorder;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Clock, Observer, format_time};
+use crate::smtp::session::{Clock, Observer, StartTlsPolicy, format_time};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -75,7 +75,8 @@ pub(super) async fn handle(
         id,
         peer,
         started: clock.started,
-        observer: Observer::new(clock),
+        // Plaintext towards the client: STARTTLS is withdrawn and refused (SPEC: client `off`).
+        observer: Observer::new(clock, StartTlsPolicy::Refused),
         recorder,
         from_client: 0,
         from_upstream: 0,
@@ -140,9 +141,12 @@ impl Session {
                 }
                 Event::Client(Ok(n)) => {
                     self.from_client += n as u64;
-                    self.observer.client_bytes(now, &from_client[..n], &mut self.recorder);
-                    if let Err(e) = write_within(&mut upstream, &from_client[..n], idle).await {
+                    let actions = self.observer.client_bytes(now, &from_client[..n], &mut self.recorder);
+                    if let Err(e) = write_within(&mut upstream, &actions.to_upstream, idle).await {
                         return self.closed_by(EndReason::UpstreamClosed, Some(e));
+                    }
+                    if let Err(e) = write_within(client, &actions.to_client, idle).await {
+                        return self.closed_by(EndReason::ClientClosed, Some(e));
                     }
                 }
                 Event::Client(Err(e)) => return self.closed_by(EndReason::ClientClosed, Some(e)),
@@ -152,9 +156,12 @@ impl Session {
                 }
                 Event::Upstream(Ok(n)) => {
                     self.from_upstream += n as u64;
-                    self.observer.server_bytes(now, &from_upstream[..n], &mut self.recorder);
-                    if client_open && let Err(e) = write_within(client, &from_upstream[..n], idle).await {
+                    let actions = self.observer.server_bytes(now, &from_upstream[..n], &mut self.recorder);
+                    if client_open && let Err(e) = write_within(client, &actions.to_client, idle).await {
                         return self.closed_by(EndReason::ClientClosed, Some(e));
+                    }
+                    if let Err(e) = write_within(&mut upstream, &actions.to_upstream, idle).await {
+                        return self.closed_by(EndReason::UpstreamClosed, Some(e));
                     }
                 }
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),

@@ -15,6 +15,8 @@ pub enum CommandKind {
     StartTls,
     /// `QUIT`: the session ends after the server's reply.
     Quit,
+    /// `EHLO`: its reply lists the extensions (and may be edited for STARTTLS).
+    Ehlo,
     /// Any other verb, known or not: one line, one reply.
     Other,
 }
@@ -43,6 +45,7 @@ impl Command {
             "DATA" => CommandKind::Data,
             "STARTTLS" => CommandKind::StartTls,
             "QUIT" => CommandKind::Quit,
+            "EHLO" => CommandKind::Ehlo,
             "BDAT" => parse_bdat(&mut words).unwrap_or(CommandKind::Other),
             "AUTH" => CommandKind::Auth {
                 mechanism: words.next().map(|m| String::from_utf8_lossy(m).to_ascii_uppercase()).unwrap_or_default(),

@@ -4,6 +4,7 @@
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod forward;
 pub mod line;
 pub mod message;
 pub mod reply;

@@ -1,20 +1,24 @@
 //! The session observer: both directions of an SMTP session in, paired
-//! command/reply exchanges out. Plain code over bytes; it never does I/O and
-//! never changes what is relayed.
+//! command/reply exchanges and relay decisions out. Plain code over bytes; it
+//! never does I/O.
 //!
 //! Client bytes are framed by the mode the conversation is in: command lines,
 //! SASL response lines, DATA content or BDAT chunks. A command whose reply
 //! decides the framing of what follows (DATA, AUTH, a SASL line, STARTTLS)
 //! makes the observer hold later client bytes, unread, until that reply has
-//! been seen; the relay does not wait for this, only the observer does.
+//! been seen. The relay does not wait for this; only around STARTTLS does the
+//! observer tell the relay to withhold bytes (see [`Actions`]).
 
 use super::command::{Command, CommandKind};
 use super::data::DotDecoder;
+use super::ehlo;
+use super::forward::Forward;
 use super::line::{Line, LineAssembler};
 use super::message::{MessageDigest, MessageSummary};
 use super::reply::{Reply, ReplyParser};
 use crate::record::format::{CommandRecord, Exchange, MessageRecord, ReplyRecord};
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -22,6 +26,9 @@ use std::time::{Duration, Instant};
 /// client sending more than this without waiting is misbehaving; the excess
 /// is relayed but only counted in the record.
 const MAX_HELD: usize = 64 * 1024;
+
+/// Longest EHLO reply held back for editing; a longer one is relayed as is.
+const MAX_EHLO_REPLY: usize = 64 * 1024;
 
 /// Where the observer's results go: the recorder, or a test's collector.
 pub trait Output {
@@ -58,6 +65,59 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// Who handles the client's STARTTLS, from the TLS modes of both sides
+/// (SPEC.md, "TLS translation rules").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTlsPolicy {
+    /// Both sides `starttls`: the client's STARTTLS goes to the server, and on
+    /// the server's 220 both sides upgrade.
+    Mirror,
+    /// Client `starttls`, upstream not: the proxy offers STARTTLS in EHLO
+    /// replies and answers it itself.
+    ProxyOffers,
+    /// Client `off`: STARTTLS is withdrawn from EHLO replies and refused.
+    Refused,
+    /// Client `implicit`: already TLS; STARTTLS is withdrawn and refused.
+    AlreadyTls,
+}
+
+impl StartTlsPolicy {
+    /// Whether relayed EHLO replies must offer STARTTLS (`None`: as the server said).
+    fn ehlo_offers(self, client_tls: bool) -> Option<bool> {
+        match self {
+            StartTlsPolicy::Mirror => None,
+            StartTlsPolicy::ProxyOffers => Some(!client_tls),
+            StartTlsPolicy::Refused | StartTlsPolicy::AlreadyTls => Some(false),
+        }
+    }
+}
+
+/// Which sides start a TLS handshake now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The proxy answered the client's STARTTLS itself.
+    Client,
+    /// The proxy's own STARTTLS to the upstream was accepted.
+    Upstream,
+    /// The server accepted the client's STARTTLS (mirrored). The relay must
+    /// complete the upstream handshake before it relays the server's 220, so
+    /// that a failure can still be told to the client in plaintext.
+    Both,
+}
+
+/// What the relay does with one read, as the observer decided.
+#[derive(Debug, Default)]
+pub struct Actions<'a> {
+    /// Bytes for the upstream, in order.
+    pub to_upstream: Cow<'a, [u8]>,
+    /// Bytes for the client, in order.
+    pub to_client: Cow<'a, [u8]>,
+    /// Handshakes to make once the bytes above are written (but see [`Upgrade::Both`]).
+    pub upgrade: Option<Upgrade>,
+    /// The upstream refused the proxy's own STARTTLS: this reply.
+    pub refused: Option<Reply>,
+}
+
 /// How the next client bytes are framed.
 #[derive(Debug)]
 enum Mode {
@@ -69,9 +129,6 @@ enum Mode {
         remaining: u64,
         last: bool,
     },
-    /// After a STARTTLS the server accepted: TLS records this observer does not
-    /// read (the relay terminates TLS itself when it is configured to).
-    Opaque,
 }
 
 /// What an outstanding reply will answer.
@@ -81,6 +138,8 @@ enum Awaited {
     Command(CommandKind),
     SaslResponse,
     Content,
+    /// A STARTTLS the proxy answers itself, once every earlier reply is in.
+    LocalStartTls,
 }
 
 #[derive(Debug)]
@@ -90,6 +149,16 @@ struct Pending {
     message: Option<MessageSummary>,
     sent: Instant,
     pipelined: bool,
+    /// smtptap sent this command itself.
+    by_proxy: bool,
+    /// The hop the command travelled was inside TLS.
+    tls: bool,
+}
+
+impl Pending {
+    fn new(awaited: Awaited, sent: Instant) -> Pending {
+        Pending { awaited, command: None, message: None, sent, pipelined: false, by_proxy: false, tls: false }
+    }
 }
 
 /// Counters for the session's `end` record.
@@ -99,9 +168,11 @@ pub struct Counts {
     pub messages: u64,
 }
 
-/// Pairs a session's commands with their replies.
+/// Pairs a session's commands with their replies and decides what the relay
+/// withholds or adds around STARTTLS and EHLO.
 pub struct Observer {
     clock: Clock,
+    policy: StartTlsPolicy,
     lines: LineAssembler,
     mode: Mode,
     replies: ReplyParser,
@@ -110,10 +181,17 @@ pub struct Observer {
     held: Vec<u8>,
     held_since: Option<Instant>,
     held_dropped: u64,
+    /// While the current client line might be a STARTTLS the proxy answers
+    /// itself: its bytes so far, not yet relayed.
+    gate: Option<Vec<u8>>,
+    /// An EHLO reply held back for editing.
+    ehlo_reply: Vec<u8>,
     /// The message whose content is being received, if any.
     message: Option<MessageDigest>,
-    /// Whether the session is inside TLS (set by the relay).
-    tls: bool,
+    client_tls: bool,
+    upstream_tls: bool,
+    /// A handshake is due on these sides; bytes read before it are discarded.
+    tls_due: Option<Upgrade>,
     seq: u64,
     counts: Counts,
     quit_accepted: bool,
@@ -121,20 +199,23 @@ pub struct Observer {
 
 impl Observer {
     /// A new session; the server's greeting is the first reply expected.
-    pub fn new(clock: Clock) -> Observer {
-        let greeting =
-            Pending { awaited: Awaited::Greeting, command: None, message: None, sent: clock.started, pipelined: false };
+    pub fn new(clock: Clock, policy: StartTlsPolicy) -> Observer {
         Observer {
             clock,
+            policy,
             lines: LineAssembler::default(),
             mode: Mode::Commands,
             replies: ReplyParser::default(),
-            pending: VecDeque::from([greeting]),
+            pending: VecDeque::from([Pending::new(Awaited::Greeting, clock.started)]),
             held: Vec::new(),
             held_since: None,
             held_dropped: 0,
+            gate: None,
+            ehlo_reply: Vec::new(),
             message: None,
-            tls: false,
+            client_tls: policy == StartTlsPolicy::AlreadyTls,
+            upstream_tls: false,
+            tls_due: None,
             seq: 0,
             counts: Counts::default(),
             quit_accepted: false,
@@ -156,37 +237,102 @@ impl Observer {
         self.replies.is_idle()
     }
 
+    /// The upstream connection is TLS from its first byte.
+    pub fn upstream_is_tls(&mut self) {
+        self.upstream_tls = true;
+    }
+
     /// Bytes the client sent towards the server.
-    pub fn client_bytes(&mut self, now: Instant, mut input: &[u8], out: &mut impl Output) {
-        if matches!(self.mode, Mode::Opaque) {
-            return;
-        }
-        if !self.held.is_empty() || self.blocked() {
-            self.hold(now, input);
-            return;
-        }
-        while !input.is_empty() {
-            let used = self.client_step(now, input, out);
-            input = &input[used..];
-            if !input.is_empty() && self.blocked() {
-                self.hold(now, input);
-                return;
-            }
-        }
+    pub fn client_bytes<'a>(&mut self, now: Instant, input: &'a [u8], out: &mut impl Output) -> Actions<'a> {
+        let mut actions = Actions::default();
+        let mut forward = Forward::new(input);
+        self.client_input(now, input, &mut forward, &mut actions, out);
+        actions.to_upstream = forward.finish();
+        actions
     }
 
     /// Bytes the server sent towards the client.
-    pub fn server_bytes(&mut self, now: Instant, mut input: &[u8], out: &mut impl Output) {
-        while !input.is_empty() {
-            if matches!(self.mode, Mode::Opaque) && self.pending.is_empty() {
-                return;
+    pub fn server_bytes<'a>(&mut self, now: Instant, input: &'a [u8], out: &mut impl Output) -> Actions<'a> {
+        let mut actions = Actions::default();
+        let mut forward = Forward::new(input);
+        let mut at = 0;
+        while at < input.len() {
+            if matches!(self.tls_due, Some(Upgrade::Both | Upgrade::Upstream)) {
+                // RFC 3207 §5: nothing the server sent before the handshake counts.
+                let rest = &input[at..];
+                let text = format!("the server sent {} bytes after its 220 to STARTTLS; discarded", rest.len());
+                out.note(self.clock.wall(now), text, Some(rest));
+                break;
             }
-            let (used, reply) = self.replies.feed(input);
-            input = &input[used..];
-            if let Some(reply) = reply {
-                self.on_reply(now, reply, out);
+            let front = self.pending.front();
+            let by_proxy = front.is_some_and(|p| p.by_proxy);
+            let edit = match front.map(|p| &p.awaited) {
+                Some(Awaited::Command(CommandKind::Ehlo)) if !by_proxy => self.policy.ehlo_offers(self.client_tls),
+                _ => None,
+            };
+            let (used, reply) = self.replies.feed(&input[at..]);
+            let end = at + used;
+            if by_proxy {
+                forward.skip(end);
+            } else if edit.is_some() && self.ehlo_reply.len() + used <= MAX_EHLO_REPLY {
+                self.ehlo_reply.extend_from_slice(&input[at..end]);
+                forward.skip(end);
+            } else {
+                forward.insert(&std::mem::take(&mut self.ehlo_reply));
+                forward.pass(end);
+            }
+            at = end;
+            let Some(reply) = reply else { continue };
+            if let (Some(offer), false) = (edit, self.ehlo_reply.is_empty()) {
+                let held = std::mem::take(&mut self.ehlo_reply);
+                match ehlo::with_starttls(&held, offer) {
+                    Some(edited) => {
+                        forward.insert(&edited);
+                        let what = if offer { "added to" } else { "removed from" };
+                        out.note(
+                            self.clock.wall(now),
+                            format!("STARTTLS {what} the EHLO reply relayed to the client"),
+                            None,
+                        );
+                    }
+                    None => forward.insert(&held),
+                }
+            }
+            self.on_reply(now, reply, &mut actions, out);
+            while self.pending.front().is_some_and(|p| p.awaited == Awaited::LocalStartTls) {
+                let wire = self.answer_starttls_locally(now, &mut actions, out);
+                forward.insert(&wire);
             }
         }
+        actions.to_client = forward.finish();
+        actions
+    }
+
+    /// A command smtptap sends to the upstream itself; returns its wire form.
+    pub fn proxy_command(&mut self, now: Instant, line: &str) -> Vec<u8> {
+        let command = Command::parse(line.as_bytes());
+        let record = CommandRecord::redacted(Some(command.verb.clone()), line.to_owned());
+        let mut pending = Pending::new(Awaited::Command(command.kind), now);
+        pending.pipelined = !self.pending.is_empty();
+        pending.command = Some(record);
+        pending.by_proxy = true;
+        pending.tls = self.upstream_tls;
+        self.pending.push_back(pending);
+        format!("{line}\r\n").into_bytes()
+    }
+
+    /// The handshakes of `upgrade` completed: parsing starts afresh inside TLS.
+    pub fn tls_started(&mut self, upgrade: Upgrade) {
+        if matches!(upgrade, Upgrade::Client | Upgrade::Both) {
+            self.client_tls = true;
+            self.lines = LineAssembler::default();
+            self.mode = Mode::Commands;
+        }
+        if matches!(upgrade, Upgrade::Upstream | Upgrade::Both) {
+            self.upstream_tls = true;
+            self.replies = ReplyParser::default();
+        }
+        self.tls_due = None;
     }
 
     /// A reply smtptap itself sent to the client (e.g. `421` on a fault).
@@ -194,13 +340,14 @@ impl Observer {
         let exchange = Exchange {
             seq: self.next_seq(),
             t: self.clock.wall(now),
-            tls: self.tls,
+            tls: self.client_tls,
             pipelined: None,
             command: None,
             message: None,
             reply: Some(ReplyRecord::from(reply)),
             ms: None,
             origin: Some("proxy".into()),
+            answered_by: None,
         };
         out.exchange(exchange);
     }
@@ -211,18 +358,15 @@ impl Observer {
         if let Some(digest) = self.message.take() {
             self.close_message(now, digest.finish(false), out);
         }
-        if !self.lines.is_idle() && !matches!(self.mode, Mode::Opaque) {
+        if !self.lines.is_idle() {
             let partial = self.lines.partial();
             let mut record = command_record(&Command::parse(partial.text), partial);
             record.incomplete = true;
-            let pipelined = !self.pending.is_empty();
-            self.pending.push_back(Pending {
-                awaited: Awaited::Command(CommandKind::Other),
-                command: Some(record),
-                message: None,
-                sent: now,
-                pipelined,
-            });
+            let mut pending = Pending::new(Awaited::Command(CommandKind::Other), now);
+            pending.pipelined = !self.pending.is_empty();
+            pending.command = Some(record);
+            pending.tls = self.client_tls;
+            self.pending.push_back(pending);
         }
         while let Some(p) = self.pending.pop_front() {
             self.emit(p, None, now, out);
@@ -243,32 +387,80 @@ impl Observer {
         }
     }
 
-    /// A reply decides the framing of what the client sends after the last
-    /// outstanding command: hold client bytes until it comes.
-    fn blocked(&self) -> bool {
-        match self.pending.back().map(|p| &p.awaited) {
-            Some(Awaited::SaslResponse) => true,
-            Some(Awaited::Command(k)) => {
-                matches!(k, CommandKind::Data | CommandKind::Auth { .. } | CommandKind::StartTls)
+    /// Frames client input and decides which of it is relayed (via `forward`).
+    fn client_input(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        forward: &mut Forward<'_>,
+        actions: &mut Actions<'_>,
+        out: &mut impl Output,
+    ) {
+        let mut at = 0;
+        while at < input.len() {
+            let rest = &input[at..];
+            if matches!(self.tls_due, Some(Upgrade::Client | Upgrade::Both)) {
+                // The CVE-2011-0411 pattern: plaintext after STARTTLS, before the handshake.
+                let text =
+                    format!("the client sent {} bytes after STARTTLS, before the TLS handshake; discarded", rest.len());
+                out.note(self.clock.wall(now), text, Some(rest));
+                forward.skip(input.len());
+                return;
             }
-            _ => false,
+            if !self.held.is_empty() || self.blocked() {
+                self.hold(now, rest);
+                if self.withheld() {
+                    forward.skip(input.len());
+                } else {
+                    forward.pass(input.len());
+                }
+                return;
+            }
+            at += self.client_step(now, rest, at, forward, actions, out);
         }
     }
 
-    fn hold(&mut self, now: Instant, input: &[u8]) {
-        self.held_since.get_or_insert(now);
-        let room = MAX_HELD.saturating_sub(self.held.len());
-        let kept = input.len().min(room);
-        self.held.extend_from_slice(&input[..kept]);
-        self.held_dropped += (input.len() - kept) as u64;
-    }
-
     /// Frames some client bytes in the current mode; returns how many it used.
-    fn client_step(&mut self, now: Instant, input: &[u8], out: &mut impl Output) -> usize {
+    /// `offset` is where `input` starts in the read that `forward` covers.
+    fn client_step(
+        &mut self,
+        now: Instant,
+        input: &[u8],
+        offset: usize,
+        forward: &mut Forward<'_>,
+        actions: &mut Actions<'_>,
+        out: &mut impl Output,
+    ) -> usize {
         match &mut self.mode {
             Mode::Commands | Mode::SaslResponse => {
+                let gated = self.policy != StartTlsPolicy::Mirror && matches!(self.mode, Mode::Commands);
+                if gated && self.lines.is_idle() && self.gate.is_none() {
+                    self.gate = Some(Vec::new());
+                }
                 let (used, complete) = self.lines.feed(input);
-                if complete {
+                let end = offset + used;
+                let line_text = if complete { self.lines.line().text } else { self.lines.partial().text };
+                let intercept =
+                    complete && self.gate.is_some() && Command::parse(line_text).kind == CommandKind::StartTls;
+                match &mut self.gate {
+                    Some(_) if intercept => {
+                        self.gate = None;
+                        forward.skip(end);
+                    }
+                    Some(gate) if !complete && could_be_starttls(line_text) => {
+                        gate.extend_from_slice(&input[..used]);
+                        forward.skip(end);
+                    }
+                    _ => {
+                        if let Some(gate) = self.gate.take() {
+                            forward.insert(&gate);
+                        }
+                        forward.pass(end);
+                    }
+                }
+                if intercept {
+                    self.intercept_starttls(now, actions, out);
+                } else if complete {
                     self.on_line(now, out);
                 }
                 used
@@ -279,18 +471,15 @@ impl Observer {
                     digest.update(chunk);
                     out.content(chunk);
                 });
+                forward.pass(offset + used);
                 if ended {
                     self.mode = Mode::Commands;
                     let summary = self.message.take().unwrap_or_default().finish(true);
                     self.counts.messages += 1;
-                    let pipelined = !self.pending.is_empty();
-                    self.pending.push_back(Pending {
-                        awaited: Awaited::Content,
-                        command: None,
-                        message: Some(summary),
-                        sent: now,
-                        pipelined,
-                    });
+                    let mut pending = Pending::new(Awaited::Content, now);
+                    pending.message = Some(summary);
+                    pending.tls = self.client_tls;
+                    self.pending.push_back(pending);
                 }
                 used
             }
@@ -304,12 +493,66 @@ impl Observer {
                     digest.update(chunk);
                 }
                 out.content(chunk);
+                forward.pass(offset + take);
                 if done {
                     self.chunk_done(now, last, out);
                 }
                 take
             }
-            Mode::Opaque => input.len(),
+        }
+    }
+
+    /// A reply decides the framing of what the client sends after the last
+    /// outstanding command: hold client bytes until it comes.
+    fn blocked(&self) -> bool {
+        match self.pending.back().map(|p| &p.awaited) {
+            Some(Awaited::SaslResponse | Awaited::LocalStartTls) => true,
+            Some(Awaited::Command(k)) => {
+                matches!(k, CommandKind::Data | CommandKind::Auth { .. } | CommandKind::StartTls)
+            }
+            _ => false,
+        }
+    }
+
+    /// Client bytes after a STARTTLS are not relayed until its reply: if it is
+    /// 220 they were never meant for the server in plaintext.
+    fn withheld(&self) -> bool {
+        matches!(
+            self.pending.back().map(|p| &p.awaited),
+            Some(Awaited::LocalStartTls | Awaited::Command(CommandKind::StartTls))
+        )
+    }
+
+    fn hold(&mut self, now: Instant, input: &[u8]) {
+        self.held_since.get_or_insert(now);
+        let room = MAX_HELD.saturating_sub(self.held.len());
+        let kept = input.len().min(room);
+        self.held.extend_from_slice(&input[..kept]);
+        self.held_dropped += (input.len() - kept) as u64;
+    }
+
+    /// Processes held client bytes once the reply they waited for is in; what
+    /// was withheld from the upstream goes there now.
+    fn release_held(&mut self, now: Instant, was_withheld: bool, actions: &mut Actions<'_>, out: &mut impl Output) {
+        if self.held.is_empty() || self.blocked() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let since = self.held_since.take().unwrap_or(now);
+        let mut forward = Forward::new(&held);
+        self.client_input(since, &held, &mut forward, actions, out);
+        if was_withheld {
+            actions.to_upstream.to_mut().extend_from_slice(&forward.finish());
+        }
+    }
+
+    /// Drops held client bytes that came after an accepted STARTTLS.
+    fn discard_held_after_starttls(&mut self, now: Instant, out: &mut impl Output) {
+        if !self.held.is_empty() {
+            let t = self.clock.wall(self.held_since.take().unwrap_or(now));
+            let text = format!("the client sent {} bytes after STARTTLS, before its reply; discarded", self.held.len());
+            out.note(t, text, Some(&self.held));
+            self.held.clear();
         }
     }
 
@@ -331,30 +574,28 @@ impl Observer {
 
     /// Records a message that has no exchange of its own to ride on.
     fn close_message(&mut self, now: Instant, summary: MessageSummary, out: &mut impl Output) {
-        let p =
-            Pending { awaited: Awaited::Content, command: None, message: Some(summary), sent: now, pipelined: false };
+        let mut p = Pending::new(Awaited::Content, now);
+        p.message = Some(summary);
+        p.tls = self.client_tls;
         self.emit(p, None, now, out);
     }
 
     /// A complete client line in command or SASL mode.
     fn on_line(&mut self, now: Instant, out: &mut impl Output) {
-        let pipelined = !self.pending.is_empty();
+        let mut pending = Pending::new(Awaited::SaslResponse, now);
+        pending.pipelined = !self.pending.is_empty();
+        pending.tls = self.client_tls;
         if matches!(self.mode, Mode::SaslResponse) {
             self.mode = Mode::Commands;
             let cancel = self.lines.line().text == b"*";
             let shown = if cancel { "*" } else { "<redacted>" };
-            self.pending.push_back(Pending {
-                awaited: Awaited::SaslResponse,
-                command: Some(CommandRecord::redacted(None, shown.into())),
-                message: None,
-                sent: now,
-                pipelined,
-            });
+            pending.command = Some(CommandRecord::redacted(None, shown.into()));
+            self.pending.push_back(pending);
             return;
         }
         let line = self.lines.line();
         let command = Command::parse(line.text);
-        let record = command_record(&command, line);
+        pending.command = Some(command_record(&command, line));
         match command.kind {
             CommandKind::Bdat { size, last } => {
                 if self.message.is_none() {
@@ -370,27 +611,60 @@ impl Observer {
                 }
             }
         }
-        self.pending.push_back(Pending {
-            awaited: Awaited::Command(command.kind),
-            command: Some(record),
-            message: None,
-            sent: now,
-            pipelined,
-        });
-        if matches!(self.mode, Mode::Chunk { remaining: 0, .. }) {
-            let Mode::Chunk { last, .. } = self.mode else { unreachable!() };
+        pending.awaited = Awaited::Command(command.kind);
+        self.pending.push_back(pending);
+        if let Mode::Chunk { remaining: 0, last } = self.mode {
             self.chunk_done(now, last, out);
         }
     }
 
-    fn on_reply(&mut self, now: Instant, reply: Reply, out: &mut impl Output) {
+    /// The client's STARTTLS, which the proxy answers itself (it was not relayed).
+    fn intercept_starttls(&mut self, now: Instant, actions: &mut Actions<'_>, out: &mut impl Output) {
+        let line = self.lines.line();
+        let mut pending = Pending::new(Awaited::LocalStartTls, now);
+        pending.pipelined = !self.pending.is_empty();
+        pending.command = Some(command_record(&Command::parse(line.text), line));
+        pending.tls = self.client_tls;
+        self.pending.push_back(pending);
+        if self.pending.len() == 1 {
+            let wire = self.answer_starttls_locally(now, actions, out);
+            actions.to_client.to_mut().extend_from_slice(&wire);
+        }
+    }
+
+    /// Answers the STARTTLS at the front of the queue; returns the reply's wire form.
+    fn answer_starttls_locally(&mut self, now: Instant, actions: &mut Actions<'_>, out: &mut impl Output) -> Vec<u8> {
+        let Some(pending) = self.pending.pop_front() else { return Vec::new() };
+        let (code, text) = match self.policy {
+            StartTlsPolicy::ProxyOffers if !self.client_tls => (220, "2.0.0 Ready to start TLS"),
+            StartTlsPolicy::Refused => {
+                (454, "4.7.0 TLS not available: smtptap runs this side in plaintext (--client-tls off)")
+            }
+            _ => (503, "5.5.1 TLS already active"),
+        };
+        let reply = Reply { code, lines: vec![text.as_bytes().to_vec()], ..Reply::default() };
+        self.emit_answered_by_proxy(pending, &reply, now, out);
+        if code == 220 {
+            self.tls_due = Some(Upgrade::Client);
+            actions.upgrade = Some(Upgrade::Client);
+            self.discard_held_after_starttls(now, out);
+        } else {
+            self.release_held(now, true, actions, out);
+        }
+        format!("{code} {text}\r\n").into_bytes()
+    }
+
+    fn on_reply(&mut self, now: Instant, reply: Reply, actions: &mut Actions<'_>, out: &mut impl Output) {
         let Some(pending) = self.pending.pop_front() else {
             // A reply nobody asked for (e.g. a 421 before closing).
-            let p = Pending { awaited: Awaited::Content, command: None, message: None, sent: now, pipelined: false };
+            let mut p = Pending::new(Awaited::Content, now);
+            p.tls = self.client_tls;
             self.emit(p, Some(&reply), now, out);
             return;
         };
         let code = reply.code;
+        let was_withheld = matches!(pending.awaited, Awaited::Command(CommandKind::StartTls));
+        let mut accepted_starttls = false;
         match &pending.awaited {
             Awaited::Command(CommandKind::Data) if code == 354 => {
                 self.mode = Mode::Data(DotDecoder::default());
@@ -401,41 +675,47 @@ impl Observer {
                 self.mode = Mode::SaslResponse;
             }
             Awaited::Command(CommandKind::StartTls) if code == 220 => {
-                self.mode = Mode::Opaque;
-                let text = "the server accepted STARTTLS; what follows is encrypted end to end and not recorded";
-                out.note(self.clock.wall(now), text.into(), None);
-                if !self.held.is_empty() {
-                    // Plaintext pipelined after STARTTLS: the CVE-2011-0411 injection pattern.
-                    let text = format!("the client sent {} bytes after STARTTLS, before its reply", self.held.len());
-                    out.note(self.clock.wall(self.held_since.unwrap_or(now)), text, Some(&self.held));
-                    self.held.clear();
-                }
+                accepted_starttls = true;
+                let upgrade = if pending.by_proxy { Upgrade::Upstream } else { Upgrade::Both };
+                self.tls_due = Some(upgrade);
+                actions.upgrade = Some(upgrade);
             }
+            Awaited::Command(CommandKind::StartTls) if pending.by_proxy => actions.refused = Some(reply.clone()),
             Awaited::Command(CommandKind::Quit) if reply.is_positive() => self.quit_accepted = true,
             _ => {}
         }
         self.emit(pending, Some(&reply), now, out);
-        if !self.held.is_empty() && !self.blocked() && !matches!(self.mode, Mode::Opaque) {
-            let held = std::mem::take(&mut self.held);
-            let since = self.held_since.take().unwrap_or(now);
-            self.client_bytes(since, &held, out);
+        if accepted_starttls {
+            self.discard_held_after_starttls(now, out);
+        } else {
+            self.release_held(now, was_withheld, actions, out);
         }
     }
 
     fn emit(&mut self, p: Pending, reply: Option<&Reply>, now: Instant, out: &mut impl Output) {
-        let ms = reply.map(|_| millis(now.saturating_duration_since(p.sent)));
-        let exchange = Exchange {
+        let exchange = self.exchange(p, reply, now);
+        out.exchange(exchange);
+    }
+
+    fn emit_answered_by_proxy(&mut self, p: Pending, reply: &Reply, now: Instant, out: &mut impl Output) {
+        let mut exchange = self.exchange(p, Some(reply), now);
+        exchange.answered_by = Some("proxy".into());
+        out.exchange(exchange);
+    }
+
+    fn exchange(&mut self, p: Pending, reply: Option<&Reply>, now: Instant) -> Exchange {
+        Exchange {
             seq: self.next_seq(),
             t: self.clock.wall(p.sent),
-            tls: self.tls,
+            tls: p.tls,
             pipelined: p.command.is_some().then_some(p.pipelined),
             command: p.command,
             message: p.message.map(MessageRecord::from),
             reply: reply.map(ReplyRecord::from),
-            ms,
-            origin: None,
-        };
-        out.exchange(exchange);
+            ms: reply.map(|_| millis(now.saturating_duration_since(p.sent))),
+            origin: p.by_proxy.then(|| "proxy".into()),
+            answered_by: None,
+        }
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -443,6 +723,14 @@ impl Observer {
         self.seq += 1;
         self.seq - 1
     }
+}
+
+/// Whether a partial line may still turn out to be `STARTTLS` (the proxy
+/// withholds such a line until it knows).
+fn could_be_starttls(partial: &[u8]) -> bool {
+    const WORD: &[u8] = b"STARTTLS";
+    let n = partial.len().min(WORD.len());
+    partial[..n].eq_ignore_ascii_case(&WORD[..n]) && partial[n..].iter().all(|&b| b == b' ' || b == b'\r')
 }
 
 /// Milliseconds, to the microsecond.
@@ -498,6 +786,11 @@ mod tests {
         exchanges: Vec<Exchange>,
         contents: Vec<Vec<u8>>,
         notes: Vec<String>,
+        /// What the relay was told to send each way.
+        to_upstream: Vec<u8>,
+        to_client: Vec<u8>,
+        upgrades: Vec<Upgrade>,
+        refused: Vec<u16>,
     }
 
     impl Output for Collect {
@@ -518,31 +811,63 @@ mod tests {
     enum Step {
         C(&'static [u8]),
         S(&'static [u8]),
+        /// A command the proxy sends itself.
+        P(&'static str),
     }
-    use Step::{C, S};
+    use Step::{C, P, S};
 
     /// Feeds the steps, each cut at `cuts` (offsets, wrapped to the step's length).
     fn observe(steps: &[Step], cuts: &[usize]) -> Collect {
+        observe_with(StartTlsPolicy::Mirror, steps, cuts)
+    }
+
+    /// As `observe`, under `policy`, acting on upgrades as the relay would.
+    fn observe_with(policy: StartTlsPolicy, steps: &[Step], cuts: &[usize]) -> Collect {
         let clock = Clock::now();
         let now = clock.started;
-        let mut obs = Observer::new(clock);
+        let mut obs = Observer::new(clock, policy);
         let mut out = Collect::default();
         for (i, step) in steps.iter().enumerate() {
             let (bytes, client) = match step {
                 C(b) => (*b, true),
                 S(b) => (*b, false),
+                P(line) => {
+                    out.to_upstream.extend_from_slice(&obs.proxy_command(now, line));
+                    continue;
+                }
             };
             let cut = cuts.get(i).map_or(0, |c| c % (bytes.len() + 1));
             for part in [&bytes[..cut], &bytes[cut..]] {
-                if client {
-                    obs.client_bytes(now, part, &mut out);
-                } else {
-                    obs.server_bytes(now, part, &mut out);
-                }
+                let actions =
+                    if client { obs.client_bytes(now, part, &mut out) } else { obs.server_bytes(now, part, &mut out) };
+                out.to_upstream.extend_from_slice(&actions.to_upstream);
+                out.to_client.extend_from_slice(&actions.to_client);
+                out.refused.extend(actions.refused.map(|r| r.code));
+                out.upgrades.extend(actions.upgrade);
+            }
+            // The relay handshakes right after the read that called for it; a
+            // step is one read that the cut may have split.
+            if let Some(&upgrade) = out.upgrades.last()
+                && obs.tls_due.is_some()
+            {
+                obs.tls_started(upgrade);
             }
         }
         obs.finish(now, &mut out);
         out
+    }
+
+    /// All bytes of one direction, in order.
+    fn sent(steps: &[Step], client: bool) -> Vec<u8> {
+        steps
+            .iter()
+            .filter_map(|s| match (s, client) {
+                (C(b), true) | (S(b), false) => Some(*b),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
     }
 
     fn verbs(out: &Collect) -> Vec<(Option<String>, Option<u16>)> {
@@ -675,18 +1000,115 @@ mod tests {
         }
     }
 
+    fn without(all: Vec<u8>, cut: &[u8]) -> Vec<u8> {
+        let at = memchr::memmem::find(&all, cut).expect("present");
+        [&all[..at], &all[at + cut.len()..]].concat()
+    }
+
     #[test]
-    fn starttls_accepted_makes_the_rest_opaque() {
+    fn mirrored_starttls_upgrades_both_and_drops_injections() {
         let steps = [
             S(b"220 mx\r\n"),
-            C(b"STARTTLS\r\n"),
-            S(b"220 go ahead\r\n"),
-            C(b"\x16\x03\x01 tls"),
-            S(b"\x16\x03\x03 tls"),
+            C(b"EHLO c\r\n"),
+            S(b"250-mx\r\n250 STARTTLS\r\n"),
+            C(b"STARTTLS\r\nMAIL FROM:<injected>\r\n"),
+            S(b"220 go ahead\r\n250 injected reply\r\n"),
+            C(b"EHLO c\r\n"),
+            S(b"250 mx\r\n"),
         ];
+        for cut in 0..40 {
+            let out = observe(&steps, &[0, 0, cut, cut, cut]);
+            assert_eq!(verbs(&out), [v("", 220), v("EHLO", 250), v("STARTTLS", 220), v("EHLO", 250)], "cut {cut}");
+            assert_eq!(out.upgrades, [Upgrade::Both]);
+            assert_eq!(out.to_upstream, without(sent(&steps, true), b"MAIL FROM:<injected>\r\n"), "cut {cut}");
+            assert_eq!(out.to_client, without(sent(&steps, false), b"250 injected reply\r\n"));
+            let tls: Vec<bool> = out.exchanges.iter().map(|e| e.tls).collect();
+            assert_eq!(tls, [false, false, false, true]);
+            assert!(out.notes.iter().any(|n| n.contains("after STARTTLS, before its reply")), "{:?}", out.notes);
+            assert!(out.notes.iter().any(|n| n.contains("after its 220")), "{:?}", out.notes);
+        }
+    }
+
+    #[test]
+    fn mirrored_starttls_refused_releases_what_followed() {
+        let steps = [S(b"220 mx\r\n"), C(b"STARTTLS\r\nNOOP\r\n"), S(b"454 4.7.0 not now\r\n250 ok\r\n")];
         let out = observe(&steps, &[]);
-        assert_eq!(verbs(&out), [v("", 220), v("STARTTLS", 220)]);
-        assert_eq!(out.notes.len(), 1);
+        assert_eq!(verbs(&out), [v("", 220), v("STARTTLS", 454), v("NOOP", 250)]);
+        assert_eq!(out.to_upstream, sent(&steps, true), "NOOP relayed once the refusal was in");
+        assert_eq!(out.to_client, sent(&steps, false));
+        assert!(out.upgrades.is_empty());
+    }
+
+    #[test]
+    fn proxy_offers_and_answers_starttls_itself() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"EHLO c\r\n"),
+            S(b"250-mx\r\n250 PIPELINING\r\n"),
+            C(b"starttls\r\n"),
+            C(b"EHLO c\r\n"),
+            S(b"250-mx\r\n250 STARTTLS\r\n"),
+        ];
+        for cut in 0..30 {
+            let out = observe_with(StartTlsPolicy::ProxyOffers, &steps, &[0, 0, cut, cut, cut, cut]);
+            assert_eq!(verbs(&out), [v("", 220), v("EHLO", 250), v("STARTTLS", 220), v("EHLO", 250)], "cut {cut}");
+            assert_eq!(out.exchanges[2].answered_by.as_deref(), Some("proxy"));
+            assert_eq!(out.upgrades, [Upgrade::Client]);
+            assert_eq!(out.to_upstream, b"EHLO c\r\nEHLO c\r\n", "STARTTLS never reaches the server");
+            let to_client = String::from_utf8(out.to_client.clone()).unwrap();
+            assert_eq!(
+                to_client,
+                "220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n250 mx\r\n",
+                "offered before TLS, withdrawn inside it"
+            );
+            assert!(out.exchanges[3].tls);
+        }
+    }
+
+    #[test]
+    fn refused_policy_withdraws_and_answers_454_but_relays_lookalikes() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"EHLO c\r\n"),
+            S(b"250-mx\r\n250-STARTTLS\r\n250 SIZE 5\r\n"),
+            C(b"STARTTLS\r\nSTART\r\nSTARTTLSX\r\n"),
+            S(b"500 what\r\n500 what\r\n"),
+        ];
+        for cut in 0..40 {
+            let out = observe_with(StartTlsPolicy::Refused, &steps, &[0, 0, cut, cut, cut]);
+            assert_eq!(
+                verbs(&out),
+                [v("", 220), v("EHLO", 250), v("STARTTLS", 454), v("START", 500), v("STARTTLSX", 500)],
+                "cut {cut}"
+            );
+            assert_eq!(out.to_upstream, b"EHLO c\r\nSTART\r\nSTARTTLSX\r\n");
+            let to_client = String::from_utf8(out.to_client.clone()).unwrap();
+            assert!(to_client.starts_with("220 mx\r\n250-mx\r\n250 SIZE 5\r\n454 4.7.0 "), "{to_client}");
+            assert!(out.upgrades.is_empty());
+        }
+    }
+
+    #[test]
+    fn proxy_upgrades_the_upstream_on_its_own() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            P("EHLO smtptap"),
+            S(b"250-mx\r\n250 STARTTLS\r\n"),
+            P("STARTTLS"),
+            S(b"220 go\r\n"),
+            C(b"EHLO c\r\n"),
+            S(b"250 mx\r\n"),
+        ];
+        let out = observe_with(StartTlsPolicy::Refused, &steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("EHLO", 250), v("STARTTLS", 220), v("EHLO", 250)]);
+        let origins: Vec<Option<&str>> = out.exchanges.iter().map(|e| e.origin.as_deref()).collect();
+        assert_eq!(origins, [None, Some("proxy"), Some("proxy"), None]);
+        assert_eq!(out.upgrades, [Upgrade::Upstream]);
+        assert_eq!(out.to_client, b"220 mx\r\n250 mx\r\n", "replies to the proxy stay with the proxy");
+        let steps = [S(b"220 mx\r\n"), P("STARTTLS"), S(b"502 5.5.1 no\r\n")];
+        let out = observe_with(StartTlsPolicy::Refused, &steps, &[]);
+        assert_eq!(out.refused, [502]);
+        assert!(out.upgrades.is_empty());
     }
 
     #[test]
