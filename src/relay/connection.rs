@@ -116,7 +116,9 @@ impl Session {
     {
         let mut from_client = vec![0u8; BUFFER];
         let mut from_upstream = vec![0u8; BUFFER];
+        // The client still sends; after its half-close it may still read.
         let mut client_open = true;
+        let mut client_reads = true;
         let mut deadline = tokio::time::Instant::now() + idle;
         loop {
             enum Event {
@@ -157,8 +159,12 @@ impl Session {
                 Event::Upstream(Ok(n)) => {
                     self.from_upstream += n as u64;
                     let actions = self.observer.server_bytes(now, &from_upstream[..n], &mut self.recorder);
-                    if client_open && let Err(e) = write_within(client, &actions.to_client, idle).await {
-                        return self.closed_by(EndReason::ClientClosed, Some(e));
+                    if client_reads && let Err(e) = write_within(client, &actions.to_client, idle).await {
+                        if client_open {
+                            return self.closed_by(EndReason::ClientClosed, Some(e));
+                        }
+                        // Gone after its half-close: still record the server's last word.
+                        client_reads = false;
                     }
                     if let Err(e) = write_within(&mut upstream, &actions.to_upstream, idle).await {
                         return self.closed_by(EndReason::UpstreamClosed, Some(e));
@@ -167,13 +173,13 @@ impl Session {
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),
                 Event::Idle => {
                     let text = format!("4.4.2 smtptap: no data for {} s, closing connection", idle.as_secs());
-                    if client_open && self.observer.between_replies() {
+                    if client_reads && self.observer.between_replies() {
                         self.say_to_client(client, 421, &text).await;
                     }
                     return Ending::with_error(EndReason::Timeout, format!("idle for {} s", idle.as_secs()));
                 }
                 Event::Stop => {
-                    if client_open && self.observer.between_replies() {
+                    if client_reads && self.observer.between_replies() {
                         self.say_to_client(client, 421, "4.3.2 smtptap: shutting down, try again later").await;
                     }
                     return Ending::new(EndReason::Shutdown);
@@ -205,7 +211,11 @@ impl Session {
     /// Writes what is left of the record and the `end` line, and logs the summary.
     fn finish(mut self, ending: Ending, upstream: &str) {
         let now = Instant::now();
-        self.observer.finish(now, &mut self.recorder);
+        // Without an upstream there was no conversation: no greeting was ever
+        // due, and the proxy's own 421 is the whole record.
+        if ending.reason != EndReason::UpstreamUnreachable {
+            self.observer.finish(now, &mut self.recorder);
+        }
         let counts = self.observer.counts();
         let end = SessionEnd {
             reason: ending.reason,
