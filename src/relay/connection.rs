@@ -41,6 +41,8 @@ struct Session {
     started: Instant,
     observer: Observer,
     recorder: Option<SessionRecorder>,
+    /// smtptap's own last reply to the client (`421`), recorded last.
+    farewell: Option<Reply>,
     from_client: u64,
     from_upstream: u64,
 }
@@ -78,6 +80,7 @@ pub(super) async fn handle(
         // Plaintext towards the client: STARTTLS is withdrawn and refused (SPEC: client `off`).
         observer: Observer::new(clock, StartTlsPolicy::Refused),
         recorder,
+        farewell: None,
         from_client: 0,
         from_upstream: 0,
     };
@@ -139,6 +142,8 @@ impl Session {
                 Event::Client(Ok(0)) => {
                     // Pass the half-close on and let the server have its last word.
                     client_open = false;
+                    let (to_upstream, _) = self.observer.take_withheld();
+                    let _ = write_within(&mut upstream, &to_upstream, idle).await;
                     let _ = upstream.shutdown().await;
                 }
                 Event::Client(Ok(n)) => {
@@ -153,6 +158,10 @@ impl Session {
                 }
                 Event::Client(Err(e)) => return self.closed_by(EndReason::ClientClosed, Some(e)),
                 Event::Upstream(Ok(0)) => {
+                    let (_, to_client) = self.observer.take_withheld();
+                    if client_reads {
+                        let _ = write_within(client, &to_client, idle).await;
+                    }
                     let first = if client_open { EndReason::UpstreamClosed } else { EndReason::ClientClosed };
                     return self.closed_by(first, None);
                 }
@@ -200,12 +209,11 @@ impl Session {
         }
     }
 
-    /// Sends a reply of smtptap's own to the client and records it.
+    /// Sends smtptap's own last reply to the client; it is recorded at the end.
     async fn say_to_client<C: AsyncWrite + Unpin>(&mut self, client: &mut C, code: u16, text: &str) {
         let wire = format!("{code} {text}\r\n");
         let _ = write_within(client, wire.as_bytes(), Duration::from_secs(5)).await;
-        let reply = Reply { code, lines: vec![text.as_bytes().to_vec()], ..Reply::default() };
-        self.observer.proxy_reply(Instant::now(), &reply, &mut self.recorder);
+        self.farewell = Some(Reply { code, lines: vec![text.as_bytes().to_vec()], ..Reply::default() });
     }
 
     /// Writes what is left of the record and the `end` line, and logs the summary.
@@ -215,6 +223,9 @@ impl Session {
         // due, and the proxy's own 421 is the whole record.
         if ending.reason != EndReason::UpstreamUnreachable {
             self.observer.finish(now, &mut self.recorder);
+        }
+        if let Some(reply) = self.farewell.take() {
+            self.observer.proxy_reply(now, &reply, &mut self.recorder);
         }
         let counts = self.observer.counts();
         let end = SessionEnd {

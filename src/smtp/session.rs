@@ -335,6 +335,13 @@ impl Observer {
         self.tls_due = None;
     }
 
+    /// Bytes held back from relaying (a line that might have been STARTTLS, an
+    /// EHLO reply being edited), for when a side closes and they must go on
+    /// as they are: `(to_upstream, to_client)`.
+    pub fn take_withheld(&mut self) -> (Vec<u8>, Vec<u8>) {
+        (self.gate.take().unwrap_or_default(), std::mem::take(&mut self.ehlo_reply))
+    }
+
     /// A reply smtptap itself sent to the client (e.g. `421` on a fault).
     pub fn proxy_reply(&mut self, now: Instant, reply: &Reply, out: &mut impl Output) {
         let exchange = Exchange {
@@ -1086,6 +1093,19 @@ mod tests {
             assert!(to_client.starts_with("220 mx\r\n250-mx\r\n250 SIZE 5\r\n454 4.7.0 "), "{to_client}");
             assert!(out.upgrades.is_empty());
         }
+    }
+
+    #[test]
+    fn withheld_bytes_are_handed_back_when_a_side_closes() {
+        let clock = Clock::now();
+        let now = clock.started;
+        let mut obs = Observer::new(clock, StartTlsPolicy::Refused);
+        let mut out = Collect::default();
+        obs.server_bytes(now, b"220 mx\r\n", &mut out);
+        assert!(obs.client_bytes(now, b"EHLO c\r\nSTAR", &mut out).to_upstream.ends_with(b"EHLO c\r\n"));
+        assert!(obs.server_bytes(now, b"250-mx\r\n", &mut out).to_client.is_empty());
+        assert_eq!(obs.take_withheld(), (b"STAR".to_vec(), b"250-mx\r\n".to_vec()));
+        assert_eq!(obs.take_withheld(), (Vec::new(), Vec::new()));
     }
 
     #[test]
