@@ -1,7 +1,8 @@
 //! The command line: clap types, and their resolution into config structs.
 
-use crate::relay::ProxyConfig;
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::relay::{ProxyConfig, TlsSettings};
+use crate::tls::TlsMode;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,17 +37,6 @@ pub struct CaArgs {
     pub ca_dir: PathBuf,
 }
 
-/// TLS towards one side of the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TlsMode {
-    /// Plaintext only.
-    Off,
-    /// Offer or use STARTTLS.
-    Starttls,
-    /// TLS from the first byte (port-465 style).
-    Implicit,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
     /// Address to accept clients on (repeatable).
@@ -55,12 +45,27 @@ pub struct ProxyArgs {
     /// The real server. Without it, smtptap runs its own test server in-process.
     #[arg(long, value_name = "HOST:PORT")]
     pub upstream: Option<String>,
-    /// TLS towards the client (only `off` is available in this version).
-    #[arg(long, value_enum, default_value_t = TlsMode::Off)]
+    /// TLS towards the client.
+    #[arg(long, value_enum, default_value_t = TlsMode::Starttls)]
     pub client_tls: TlsMode,
-    /// TLS towards the server (only `off` is available in this version).
-    #[arg(long, value_enum, default_value_t = TlsMode::Off)]
+    /// TLS towards the server.
+    #[arg(long, value_enum, default_value_t = TlsMode::Starttls)]
     pub upstream_tls: TlsMode,
+    /// Extra trust anchors for the upstream's certificate (PEM), besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Do not verify the upstream's certificate (still checked and recorded). For test servers only.
+    #[arg(long)]
+    pub insecure_upstream: bool,
+    /// Directory of the local CA that signs the certificates shown to clients (created on first use).
+    #[arg(long, value_name = "DIR", default_value = "./certs")]
+    pub ca_dir: PathBuf,
+    /// Present this certificate chain (PEM) to clients instead of one from the local CA.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Where session recordings go (created 0700 if missing).
     #[arg(long, value_name = "DIR", default_value = "./recordings")]
     pub record_dir: PathBuf,
@@ -75,26 +80,9 @@ pub struct ProxyArgs {
     pub idle_timeout: u64,
 }
 
-/// A flag combination this version cannot honour.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "--{flag} {mode} is not supported yet: this version relays plaintext only. \
-         Use --{flag} off (TLS interception is planned); smtptap never falls back to plaintext silently"
-    )]
-    TlsNotYetSupported { flag: &'static str, mode: &'static str },
-}
-
 impl ProxyArgs {
-    pub fn resolve(self) -> Result<ProxyConfig, ConfigError> {
-        for (flag, mode) in [("client-tls", self.client_tls), ("upstream-tls", self.upstream_tls)] {
-            match mode {
-                TlsMode::Off => {}
-                TlsMode::Starttls => return Err(ConfigError::TlsNotYetSupported { flag, mode: "starttls" }),
-                TlsMode::Implicit => return Err(ConfigError::TlsNotYetSupported { flag, mode: "implicit" }),
-            }
-        }
-        Ok(ProxyConfig {
+    pub fn resolve(self) -> ProxyConfig {
+        ProxyConfig {
             listen: self.listen,
             upstream: self.upstream,
             record_dir: self.record_dir,
@@ -102,6 +90,15 @@ impl ProxyArgs {
             max_connections: self.max_connections as usize,
             idle_timeout: Duration::from_secs(self.idle_timeout),
             connect_timeout: Duration::from_secs(30),
-        })
+            tls: TlsSettings {
+                client: self.client_tls,
+                upstream: self.upstream_tls,
+                upstream_ca: self.upstream_ca,
+                insecure_upstream: self.insecure_upstream,
+                ca_dir: self.ca_dir,
+                cert: self.cert.zip(self.key),
+                handshake_timeout: Duration::from_secs(30),
+            },
+        }
     }
 }

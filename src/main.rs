@@ -22,10 +22,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Cmd::Proxy(args) => match args.resolve() {
-            Ok(config) => runtime.block_on(smtptap::relay::run(config, shutdown_signal())).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
+        Cmd::Proxy(args) => {
+            runtime.block_on(smtptap::relay::run(args.resolve(), shutdown_signal())).map_err(|e| e.to_string())
+        }
         Cmd::Ca(CaCmd::Init(args)) => LocalCa::load_or_create(&args.ca_dir)
             .map(|(ca, created)| {
                 let verb = if created { "created" } else { "already exists:" };

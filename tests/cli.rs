@@ -5,14 +5,34 @@ use common::BIN;
 use std::process::Command;
 
 #[test]
-fn tls_modes_are_refused_clearly_not_downgraded() {
-    for (flag, mode) in [("--client-tls", "starttls"), ("--upstream-tls", "implicit")] {
-        let out = Command::new(BIN).args(["proxy", "--listen", "127.0.0.1:0", flag, mode]).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag} {mode}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not supported yet") && err.contains(&format!("{flag} off")), "{err}");
-        assert!(out.stdout.is_empty(), "it must not start listening");
+fn ca_init_creates_once_and_show_explains_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("certs");
+    let run = |cmd: &str| {
+        let out = Command::new(BIN).args(["ca", cmd, "--ca-dir"]).arg(&ca_dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run("init");
+    assert!(first.starts_with("created "), "{first}");
+    let again = run("init");
+    assert!(again.starts_with("already exists: "), "{again}");
+    let fingerprint = first.rsplit("SHA-256 ").next().unwrap().trim_end_matches([')', '\n']);
+    assert_eq!(fingerprint.len(), 95);
+    let show = run("show");
+    for needle in [fingerprint, "Thunderbird", "Outlook", "macOS", "update-ca-certificates", "ca.pem"] {
+        assert!(show.contains(needle), "{needle} missing from:\n{show}");
     }
+    // The fingerprint is that of the certificate on disk, as openssl computes it.
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(ca_dir.join("ca.pem"))
+        .output()
+        .expect("openssl");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(fingerprint));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca_dir.join("ca-key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }
 
 #[test]

@@ -35,6 +35,14 @@ pub struct SessionInfo {
     pub client: String,
     pub upstream: String,
     pub tool: String,
+    /// TLS modes towards each side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<crate::tls::TlsMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<crate::tls::TlsMode>,
+    /// The upstream's certificate was not verified (`--insecure-upstream`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_upstream: bool,
 }
 
 /// One command and the reply it got.

@@ -75,6 +75,11 @@ impl SessionRecorder {
         self.write_record(&Record::End(end));
     }
 
+    /// Writes a record that is not an exchange (a `tls` record, say).
+    pub fn record(&mut self, record: &Record) {
+        self.write_record(record);
+    }
+
     fn write_record(&mut self, record: &Record) {
         if self.error.is_some() {
             return;

@@ -1,18 +1,22 @@
-//! One client connection: connect upstream, relay bytes both ways unchanged,
-//! hand a copy of each read to the session observer, record, and end cleanly.
+//! One client connection: TLS as configured on each side, connect upstream,
+//! relay bytes both ways (unchanged but where the observer says the proxy
+//! intervenes), hand a copy of each read to the session observer, record,
+//! and end cleanly.
 //!
 //! The loop `select!`s only on the two reads (cancel-safe), a timer and the
-//! shutdown signal; writes happen outside the `select!`.
+//! shutdown signal; writes and handshakes happen outside the `select!`.
 
-use super::Shared;
-use crate::record::format::{EndReason, SessionEnd, SessionInfo};
+use super::stream::Stream;
+use super::{Shared, handshake};
+use crate::record::format::{EndReason, Record, SessionEnd, SessionInfo, TlsInfo};
 use crate::record::writer::SessionRecorder;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Clock, Observer, StartTlsPolicy, format_time};
+use crate::smtp::session::{Actions, Clock, Observer, Upgrade, format_time};
+use crate::tls::TlsMode;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -48,7 +52,7 @@ struct Session {
 }
 
 pub(super) async fn handle(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     listen: SocketAddr,
     shared: &Shared,
@@ -64,6 +68,9 @@ pub(super) async fn handle(
         client: peer.to_string(),
         upstream: shared.upstream_label.clone(),
         tool: concat!("smtptap ", env!("CARGO_PKG_VERSION")).into(),
+        client_tls: Some(shared.tls.settings.client),
+        upstream_tls: Some(shared.tls.settings.upstream),
+        insecure_upstream: shared.tls.settings.insecure_upstream && shared.tls.settings.upstream != TlsMode::Off,
     };
     let recorder = match SessionRecorder::create(&shared.config.record_dir, &info, shared.config.keep_bodies) {
         Ok(r) => Some(r),
@@ -77,46 +84,187 @@ pub(super) async fn handle(
         id,
         peer,
         started: clock.started,
-        // Plaintext towards the client: STARTTLS is withdrawn and refused (SPEC: client `off`).
-        observer: Observer::new(clock, StartTlsPolicy::Refused),
+        observer: Observer::new(clock, shared.tls.settings.policy()),
         recorder,
         farewell: None,
         from_client: 0,
         from_upstream: 0,
     };
     let _ = client.set_nodelay(true);
-    let connect = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(&shared.upstream_addr));
-    let ending = match connect.await {
-        Ok(Ok(upstream)) => {
-            let _ = upstream.set_nodelay(true);
-            session.relay(&mut client, upstream, shared.config.idle_timeout, stop).await
-        }
-        Ok(Err(e)) => session.unreachable(&mut client, &shared.upstream_addr, &e.to_string()).await,
-        Err(_) => session.unreachable(&mut client, &shared.upstream_addr, "connection timed out").await,
-    };
+    let mut client = Stream::Plain(client);
+    let ending = session.run(&mut client, shared, stop).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
     session.finish(ending, &shared.upstream_label);
 }
 
 impl Session {
-    async fn unreachable(&mut self, client: &mut TcpStream, addr: &str, error: &str) -> Ending {
+    /// TLS set-up on each side as configured, then the relay loop.
+    async fn run(&mut self, client: &mut Stream, shared: &Shared, stop: watch::Receiver<bool>) -> Ending {
+        let tls = &shared.tls;
+        if tls.settings.client == TlsMode::Implicit
+            && let Err(ending) = self.client_handshake(client, shared).await
+        {
+            return ending;
+        }
+        let connect = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(&shared.upstream_addr));
+        let mut upstream = match connect.await {
+            Ok(Ok(upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                Stream::Plain(upstream)
+            }
+            Ok(Err(e)) => return self.unreachable(client, &shared.upstream_addr, &e.to_string()).await,
+            Err(_) => return self.unreachable(client, &shared.upstream_addr, "connection timed out").await,
+        };
+        if tls.settings.upstream == TlsMode::Implicit {
+            if let Err(ending) = self.upstream_handshake(client, &mut upstream, shared).await {
+                return ending;
+            }
+            self.observer.upstream_is_tls();
+        }
+        if tls.settings.upstream == TlsMode::Starttls
+            && tls.settings.client != TlsMode::Starttls
+            && let Err(ending) = self.upgrade_upstream_first(client, &mut upstream, shared).await
+        {
+            return ending;
+        }
+        self.relay(client, &mut upstream, shared, stop).await
+    }
+
+    async fn unreachable(&mut self, client: &mut Stream, addr: &str, error: &str) -> Ending {
         let text = format!("4.4.0 smtptap: cannot connect to upstream {addr} ({error}); try again later");
         self.say_to_client(client, 421, &text).await;
         Ending::with_error(EndReason::UpstreamUnreachable, format!("connecting to {addr}: {error}"))
     }
 
-    /// Relays until either side is done, the session idles out, or shutdown.
-    async fn relay<C, U>(
+    /// The TLS handshake with the client; a failure ends the session (the
+    /// client is mid-handshake and cannot be told anything in plaintext).
+    async fn client_handshake(&mut self, client: &mut Stream, shared: &Shared) -> Result<(), Ending> {
+        let Some(config) = shared.tls.client.clone() else {
+            return Err(Ending::with_error(EndReason::Error, "no TLS configuration for the client side"));
+        };
+        let t = format_time(chrono::Utc::now());
+        let limit = shared.tls.settings.handshake_timeout;
+        let result = handshake::with_client(client, config, limit, t).await;
+        self.tls_record(result).map_err(|e| Ending::with_error(EndReason::TlsFailed, e))
+    }
+
+    /// The TLS handshake with the upstream. On failure the client is told
+    /// `421` (the upstream connection is unusable): never a plaintext fallback.
+    async fn upstream_handshake(
         &mut self,
-        client: &mut C,
-        mut upstream: U,
-        idle: Duration,
+        client: &mut Stream,
+        upstream: &mut Stream,
+        shared: &Shared,
+    ) -> Result<(), Ending> {
+        let Some(tls) = &shared.tls.upstream else {
+            return Err(Ending::with_error(EndReason::Error, "no TLS configuration for the upstream side"));
+        };
+        let t = format_time(chrono::Utc::now());
+        let limit = shared.tls.settings.handshake_timeout;
+        let result = handshake::with_upstream(upstream, tls, shared.tls.upstream_name.clone(), limit, t).await;
+        match self.tls_record(result) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let text = format!("4.7.0 smtptap: TLS with the upstream failed ({e}); not relaying in plaintext");
+                self.say_to_client(client, 421, &text).await;
+                Err(Ending::with_error(EndReason::TlsFailed, e))
+            }
+        }
+    }
+
+    /// Records a handshake's outcome; the error text on failure.
+    fn tls_record(&mut self, result: Result<TlsInfo, TlsInfo>) -> Result<(), String> {
+        let (record, ok) = match result {
+            Ok(r) => (r, true),
+            Err(r) => (r, false),
+        };
+        let error = record.error.clone();
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(&Record::Tls(record));
+        }
+        if ok { Ok(()) } else { Err(error.unwrap_or_else(|| "TLS handshake failed".into())) }
+    }
+
+    /// Client side plaintext or implicit TLS, upstream STARTTLS: smtptap
+    /// upgrades the upstream itself (EHLO, STARTTLS) before it relays the
+    /// greeting, so the client only ever talks to the server inside TLS.
+    async fn upgrade_upstream_first(
+        &mut self,
+        client: &mut Stream,
+        upstream: &mut Stream,
+        shared: &Shared,
+    ) -> Result<(), Ending> {
+        let limit = shared.config.idle_timeout;
+        let mut buf = vec![0u8; BUFFER];
+        let mut greeting = Vec::new();
+        self.read_replies(upstream, &mut buf, limit, |actions| greeting.extend_from_slice(&actions.to_client)).await?;
+        if !greeting.starts_with(b"220") {
+            // The server turned us away; the client hears it as it is.
+            let _ = write_within(client, &greeting, limit).await;
+            return Ok(());
+        }
+        for command in ["EHLO smtptap", "STARTTLS"] {
+            let wire = self.observer.proxy_command(Instant::now(), command);
+            write_within(upstream, &wire, limit)
+                .await
+                .map_err(|e| self.closed_by(EndReason::UpstreamClosed, Some(e)))?;
+            let mut outcome = None;
+            self.read_replies(upstream, &mut buf, limit, |actions| {
+                if let Some(r) = &actions.refused {
+                    outcome = Some(Err(r.clone()));
+                } else if actions.upgrade == Some(Upgrade::Upstream) {
+                    outcome = Some(Ok(()));
+                }
+            })
+            .await?;
+            if let Some(Err(refusal)) = outcome {
+                let said = refusal.lines.first().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default();
+                let why = format!("the upstream refused STARTTLS: {} {said}", refusal.code);
+                let text = format!("4.7.0 smtptap: {why}; not relaying in plaintext");
+                self.say_to_client(client, 421, &text).await;
+                return Err(Ending::with_error(EndReason::TlsFailed, why));
+            }
+        }
+        self.upstream_handshake(client, upstream, shared).await?;
+        self.observer.tls_started(Upgrade::Upstream);
+        write_within(client, &greeting, limit).await.map_err(|e| self.closed_by(EndReason::ClientClosed, Some(e)))
+    }
+
+    /// Reads the upstream until every outstanding reply is in, passing each
+    /// read's actions to `each`.
+    async fn read_replies(
+        &mut self,
+        upstream: &mut Stream,
+        buf: &mut [u8],
+        limit: Duration,
+        mut each: impl FnMut(&Actions<'_>),
+    ) -> Result<(), Ending> {
+        while self.observer.awaiting_replies() {
+            let n = match tokio::time::timeout(limit, upstream.read(buf)).await {
+                Ok(Ok(0)) => return Err(self.closed_by(EndReason::UpstreamClosed, None)),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(self.closed_by(EndReason::UpstreamClosed, Some(e))),
+                Err(_) => {
+                    let why = format!("the upstream did not answer within {} s", limit.as_secs());
+                    return Err(Ending::with_error(EndReason::Timeout, why));
+                }
+            };
+            self.from_upstream += n as u64;
+            let actions = self.observer.server_bytes(Instant::now(), &buf[..n], &mut self.recorder);
+            each(&actions);
+        }
+        Ok(())
+    }
+
+    /// Relays until either side is done, the session idles out, or shutdown.
+    async fn relay(
+        &mut self,
+        client: &mut Stream,
+        upstream: &mut Stream,
+        shared: &Shared,
         mut stop: watch::Receiver<bool>,
-    ) -> Ending
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-        U: AsyncRead + AsyncWrite + Unpin,
-    {
+    ) -> Ending {
+        let idle = shared.config.idle_timeout;
         let mut from_client = vec![0u8; BUFFER];
         let mut from_upstream = vec![0u8; BUFFER];
         // The client still sends; after its half-close it may still read.
@@ -143,17 +291,24 @@ impl Session {
                     // Pass the half-close on and let the server have its last word.
                     client_open = false;
                     let (to_upstream, _) = self.observer.take_withheld();
-                    let _ = write_within(&mut upstream, &to_upstream, idle).await;
+                    let _ = write_within(upstream, &to_upstream, idle).await;
                     let _ = upstream.shutdown().await;
                 }
                 Event::Client(Ok(n)) => {
                     self.from_client += n as u64;
                     let actions = self.observer.client_bytes(now, &from_client[..n], &mut self.recorder);
-                    if let Err(e) = write_within(&mut upstream, &actions.to_upstream, idle).await {
+                    if let Err(e) = write_within(upstream, &actions.to_upstream, idle).await {
                         return self.closed_by(EndReason::UpstreamClosed, Some(e));
                     }
                     if let Err(e) = write_within(client, &actions.to_client, idle).await {
                         return self.closed_by(EndReason::ClientClosed, Some(e));
+                    }
+                    if actions.upgrade == Some(Upgrade::Client) {
+                        drop(actions);
+                        if let Err(ending) = self.client_handshake(client, shared).await {
+                            return ending;
+                        }
+                        self.observer.tls_started(Upgrade::Client);
                     }
                 }
                 Event::Client(Err(e)) => return self.closed_by(EndReason::ClientClosed, Some(e)),
@@ -168,6 +323,14 @@ impl Session {
                 Event::Upstream(Ok(n)) => {
                     self.from_upstream += n as u64;
                     let actions = self.observer.server_bytes(now, &from_upstream[..n], &mut self.recorder);
+                    let upgrade = actions.upgrade;
+                    if upgrade == Some(Upgrade::Both) {
+                        // Secure the upstream before the client hears the server's 220,
+                        // so a failure can still be told to the client in plaintext.
+                        if let Err(ending) = self.upstream_handshake(client, upstream, shared).await {
+                            return ending;
+                        }
+                    }
                     if client_reads && let Err(e) = write_within(client, &actions.to_client, idle).await {
                         if client_open {
                             return self.closed_by(EndReason::ClientClosed, Some(e));
@@ -175,8 +338,15 @@ impl Session {
                         // Gone after its half-close: still record the server's last word.
                         client_reads = false;
                     }
-                    if let Err(e) = write_within(&mut upstream, &actions.to_upstream, idle).await {
+                    if let Err(e) = write_within(upstream, &actions.to_upstream, idle).await {
                         return self.closed_by(EndReason::UpstreamClosed, Some(e));
+                    }
+                    drop(actions);
+                    if let Some(upgrade @ (Upgrade::Both | Upgrade::Client)) = upgrade {
+                        if let Err(ending) = self.client_handshake(client, shared).await {
+                            return ending;
+                        }
+                        self.observer.tls_started(upgrade);
                     }
                 }
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),
@@ -257,8 +427,16 @@ impl Session {
     }
 }
 
+/// Writes and flushes (TLS buffers writes), bounded in time.
 async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], limit: Duration) -> io::Result<()> {
-    match tokio::time::timeout(limit, w.write_all(bytes)).await {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "peer did not accept data in time")),
     }

@@ -2,8 +2,15 @@
 //! [`connection`] task per client.
 
 mod connection;
+mod handshake;
+mod stream;
 
-use crate::server::{self, ServerConfig};
+use crate::server::{self, ServerConfig, ServerTls};
+use crate::smtp::session::StartTlsPolicy;
+use crate::tls::TlsMode;
+use crate::tls::ca::{CaError, LocalCa};
+use crate::tls::config::{self, TlsConfigError, UpstreamTls};
+use rustls_pki_types::ServerName;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +32,43 @@ pub struct ProxyConfig {
     /// No bytes from either side for this long ends a session.
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    pub tls: TlsSettings,
+}
+
+/// TLS on both sides, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub client: TlsMode,
+    pub upstream: TlsMode,
+    pub upstream_ca: Option<PathBuf>,
+    pub insecure_upstream: bool,
+    pub ca_dir: PathBuf,
+    /// `--cert`/`--key`: shown to clients instead of a leaf from the CA.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    pub handshake_timeout: Duration,
+}
+
+impl TlsSettings {
+    /// Who handles the client's STARTTLS (SPEC.md, "TLS translation rules").
+    fn policy(&self) -> StartTlsPolicy {
+        match (self.client, self.upstream) {
+            (TlsMode::Starttls, TlsMode::Starttls) => StartTlsPolicy::Mirror,
+            (TlsMode::Starttls, _) => StartTlsPolicy::ProxyOffers,
+            (TlsMode::Off, _) => StartTlsPolicy::Refused,
+            (TlsMode::Implicit, _) => StartTlsPolicy::AlreadyTls,
+        }
+    }
+}
+
+/// TLS ready to use for every session.
+struct TlsPlan {
+    settings: TlsSettings,
+    /// Towards clients; `None` when the client side is plaintext.
+    client: Option<Arc<rustls::ServerConfig>>,
+    /// Towards the upstream; `None` when the upstream side is plaintext.
+    upstream: Option<UpstreamTls>,
+    /// The name the upstream's certificate must carry (and SNI, for a DNS name).
+    upstream_name: ServerName<'static>,
 }
 
 /// Why the proxy could not run.
@@ -36,6 +80,12 @@ pub enum ProxyError {
     RecordDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot start the built-in test server: {0}")]
     BuiltinServer(std::io::Error),
+    #[error("local CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("{0}")]
+    TlsConfig(#[from] TlsConfigError),
+    #[error("--upstream {0:?} is not HOST:PORT")]
+    UpstreamAddress(String),
 }
 
 /// What every session of this proxy shares.
@@ -45,6 +95,7 @@ struct Shared {
     upstream_addr: String,
     /// How the upstream is named in recordings and logs.
     upstream_label: String,
+    tls: TlsPlan,
 }
 
 /// Runs the proxy until `shutdown` completes, then stops accepting, ends live
@@ -52,15 +103,64 @@ struct Shared {
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
     crate::record::writer::ensure_dir(&config.record_dir)
         .map_err(|source| ProxyError::RecordDir { dir: config.record_dir.clone(), source })?;
+    let settings = &config.tls;
+    let builtin = config.upstream.is_none();
+    let needs_ca =
+        (settings.client != TlsMode::Off && settings.cert.is_none()) || (builtin && settings.upstream != TlsMode::Off);
+    let ca = if needs_ca {
+        let (ca, created) = LocalCa::load_or_create(&settings.ca_dir)?;
+        if created {
+            tracing::info!(cert = %ca.cert_path().display(), sha256 = %ca.fingerprint(),
+                "created the local CA; clients must trust it (see `smtptap ca show`)");
+        }
+        Some(Arc::new(ca))
+    } else {
+        None
+    };
     let (upstream_addr, upstream_label) = match &config.upstream {
         Some(addr) => (addr.clone(), addr.clone()),
         None => {
             let listener = TcpListener::bind("127.0.0.1:0").await.map_err(ProxyError::BuiltinServer)?;
             let addr = listener.local_addr().map_err(ProxyError::BuiltinServer)?;
-            tokio::spawn(server::serve(listener, ServerConfig::default(), None));
+            let tls = match (&ca, settings.upstream) {
+                (Some(ca), mode @ (TlsMode::Starttls | TlsMode::Implicit)) => Some(ServerTls {
+                    acceptor: tokio_rustls::TlsAcceptor::from(config::client_facing(ca.clone(), "127.0.0.1")?),
+                    implicit: mode == TlsMode::Implicit,
+                }),
+                _ => None,
+            };
+            tokio::spawn(server::serve(listener, ServerConfig::default(), tls));
             (addr.to_string(), format!("builtin:{addr}"))
         }
     };
+    let upstream_host = host_of(&upstream_addr).ok_or_else(|| ProxyError::UpstreamAddress(upstream_addr.clone()))?;
+    let upstream_name = ServerName::try_from(upstream_host.to_owned())
+        .map_err(|_| ProxyError::UpstreamAddress(upstream_addr.clone()))?;
+    let client_tls = match (settings.client, &settings.cert, &ca) {
+        (TlsMode::Off, _, _) => None,
+        (_, Some((cert, key)), _) => Some(config::client_facing_fixed(cert, key)?),
+        (_, None, Some(ca)) => Some(config::client_facing(ca.clone(), upstream_host)?),
+        (_, None, None) => unreachable!("the CA is loaded whenever the client side needs it"),
+    };
+    let upstream_tls = if settings.upstream == TlsMode::Off {
+        None
+    } else {
+        // The built-in server's certificate comes from the local CA.
+        let extra = match (&settings.upstream_ca, &ca) {
+            (Some(file), _) => Some(file.clone()),
+            (None, Some(ca)) if builtin => Some(ca.cert_path()),
+            _ => None,
+        };
+        if settings.insecure_upstream {
+            tracing::warn!(
+                "--insecure-upstream: the upstream's certificate is NOT verified; anyone on the path \
+                could read and change this mail. Use it only with test servers"
+            );
+        }
+        let roots = config::upstream_roots(extra.as_deref())?;
+        Some(UpstreamTls::new(roots, settings.insecure_upstream)?)
+    };
+    let tls = TlsPlan { settings: settings.clone(), client: client_tls, upstream: upstream_tls, upstream_name };
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener =
@@ -72,7 +172,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     tracing::info!(upstream = %upstream_label, record_dir = %config.record_dir.display(), "relaying");
     let max = config.max_connections;
-    let shared = Arc::new(Shared { config, upstream_addr, upstream_label });
+    let shared = Arc::new(Shared { config, upstream_addr, upstream_label, tls });
     let sessions = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -146,4 +246,25 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
         stream.shutdown().await
     })
     .await;
+}
+
+/// The host part of `HOST:PORT` or `[V6]:PORT`.
+fn host_of(addr: &str) -> Option<&str> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_of_addresses() {
+        assert_eq!(super::host_of("mail.example.com:587"), Some("mail.example.com"));
+        assert_eq!(super::host_of("[::1]:25"), Some("::1"));
+        assert_eq!(super::host_of("127.0.0.1:2525"), Some("127.0.0.1"));
+        assert_eq!(super::host_of("nohost"), None);
+        assert_eq!(super::host_of(":25"), None);
+        assert_eq!(super::host_of("h:port"), None);
+    }
 }

@@ -200,20 +200,23 @@ pub struct Observer {
 impl Observer {
     /// A new session; the server's greeting is the first reply expected.
     pub fn new(clock: Clock, policy: StartTlsPolicy) -> Observer {
+        let client_tls = policy == StartTlsPolicy::AlreadyTls;
+        let mut greeting = Pending::new(Awaited::Greeting, clock.started);
+        greeting.tls = client_tls;
         Observer {
             clock,
             policy,
             lines: LineAssembler::default(),
             mode: Mode::Commands,
             replies: ReplyParser::default(),
-            pending: VecDeque::from([Pending::new(Awaited::Greeting, clock.started)]),
+            pending: VecDeque::from([greeting]),
             held: Vec::new(),
             held_since: None,
             held_dropped: 0,
             gate: None,
             ehlo_reply: Vec::new(),
             message: None,
-            client_tls: policy == StartTlsPolicy::AlreadyTls,
+            client_tls,
             upstream_tls: false,
             tls_due: None,
             seq: 0,
@@ -229,6 +232,11 @@ impl Observer {
     /// True once the server accepted the client's QUIT.
     pub fn quit_accepted(&self) -> bool {
         self.quit_accepted
+    }
+
+    /// True while some reply (the greeting included) is still due.
+    pub fn awaiting_replies(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// True when the server is not in the middle of a reply, so the proxy may

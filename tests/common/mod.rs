@@ -42,6 +42,8 @@ impl Proxy {
             .arg("proxy")
             .args(["--listen", "127.0.0.1:0", "--record-dir"])
             .arg(&record_dir)
+            .arg("--ca-dir")
+            .arg(dir.path().join("certs"))
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "smtptap=debug".into()))
             .stdin(Stdio::null())
@@ -86,6 +88,11 @@ impl Proxy {
 
     pub fn record_dir(&self) -> PathBuf {
         self.dir.path().join("recordings")
+    }
+
+    /// The local CA certificate clients must trust.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.pem")
     }
 
     pub fn stderr(&self) -> String {
