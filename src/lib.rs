@@ -6,11 +6,14 @@
 //! - [`smtp`]: the sans-IO protocol core. Line, reply, DATA and BDAT framing,
 //!   and [`smtp::session::Observer`], which pairs commands with replies and
 //!   emits exchanges. No sockets, files or clocks below it.
+//! - [`auth`]: SASL (AUTH) decoding and redaction, sans-IO: follows an
+//!   exchange across `334` continuations and says what may be recorded.
 //! - [`record`]: the recording format (version 1) and the per-session writer
 //!   that turns exchanges into JSON lines, spooling large bodies to disk.
 //! - [`server`]: the built-in test SMTP server, the default upstream.
 //! - [`cli`]: command-line flags, resolved into config structs.
 
+pub mod auth;
 pub mod cli;
 pub mod record;
 pub mod relay;
