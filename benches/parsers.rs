@@ -3,11 +3,12 @@
 //! observer over a pipelined session, and JSON record writing.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use smtptap::auth::{FingerprintKey, Redaction};
 use smtptap::record::format::{Exchange, Record, ReplyRecord};
 use smtptap::smtp::command::Command;
 use smtptap::smtp::data::{DotDecoder, dot_stuff};
 use smtptap::smtp::reply::ReplyParser;
-use smtptap::smtp::session::{Clock, Observer, Output, StartTlsPolicy};
+use smtptap::smtp::session::{Clock, Observer, ObserverConfig, Output, StartTlsPolicy};
 use std::hint::black_box;
 
 fn replies(c: &mut Criterion) {
@@ -87,7 +88,12 @@ fn observer(c: &mut Criterion) {
         b.iter(|| {
             let clock = Clock::now();
             let now = clock.started;
-            let mut o = Observer::new(clock, StartTlsPolicy::Mirror);
+            let config = ObserverConfig {
+                policy: StartTlsPolicy::Mirror,
+                redaction: Redaction::Secrets,
+                key: FingerprintKey::from_bytes([1; 32]),
+            };
+            let mut o = Observer::new(clock, config);
             let mut out = Discard;
             o.server_bytes(now, b"220 mx\r\n", &mut out);
             o.client_bytes(now, client, &mut out);
@@ -114,6 +120,7 @@ fn records(c: &mut Criterion) {
             line_base64: None,
             length: None,
             incomplete: false,
+            auth: None,
         }),
         message: None,
         reply: Some(ReplyRecord {

@@ -1,5 +1,6 @@
 //! The command line: clap types, and their resolution into config structs.
 
+use crate::auth::Redaction;
 use crate::relay::{ProxyConfig, TlsSettings};
 use crate::tls::TlsMode;
 use clap::{Parser, Subcommand};
@@ -69,6 +70,9 @@ pub struct ProxyArgs {
     /// Where session recordings go (created 0700 if missing).
     #[arg(long, value_name = "DIR", default_value = "./recordings")]
     pub record_dir: PathBuf,
+    /// What recordings hide: secrets (passwords, tokens, SASL proofs), identities too, or nothing.
+    #[arg(long, value_enum, default_value_t = Redaction::Secrets)]
+    pub redact: Redaction,
     /// Keep message size, digest and headers, not the body.
     #[arg(long)]
     pub no_bodies: bool,
@@ -90,6 +94,7 @@ impl ProxyArgs {
             max_connections: self.max_connections as usize,
             idle_timeout: Duration::from_secs(self.idle_timeout),
             connect_timeout: Duration::from_secs(30),
+            redaction: self.redact,
             tls: TlsSettings {
                 client: self.client_tls,
                 upstream: self.upstream_tls,

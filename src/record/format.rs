@@ -43,6 +43,9 @@ pub struct SessionInfo {
     /// The upstream's certificate was not verified (`--insecure-upstream`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub insecure_upstream: bool,
+    /// What AUTH data is hidden (`none`: this recording holds secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<crate::auth::Redaction>,
 }
 
 /// One command and the reply it got.
@@ -88,6 +91,9 @@ pub struct CommandRecord {
     /// The session ended in the middle of this line.
     #[serde(default, skip_serializing_if = "is_false")]
     pub incomplete: bool,
+    /// Decoded AUTH data that became known with this line (secrets redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::auth::AuthRecord>,
 }
 
 impl CommandRecord {
@@ -99,12 +105,13 @@ impl CommandRecord {
             line_base64: exact,
             length: line.truncated().then_some(line.len),
             incomplete: false,
+            auth: None,
         }
     }
 
     /// A line whose content must not be kept, shown as `shown`.
     pub fn redacted(verb: Option<String>, shown: String) -> CommandRecord {
-        CommandRecord { verb, line: shown, line_base64: None, length: None, incomplete: false }
+        CommandRecord { verb, line: shown, line_base64: None, length: None, incomplete: false, auth: None }
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Shared, handshake};
 use crate::record::format::{EndReason, Record, SessionEnd, SessionInfo, TlsInfo};
 use crate::record::writer::SessionRecorder;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Actions, Clock, Observer, Upgrade, format_time};
+use crate::smtp::session::{Actions, Clock, Observer, ObserverConfig, Upgrade, format_time};
 use crate::tls::TlsMode;
 use std::io;
 use std::net::SocketAddr;
@@ -47,6 +47,8 @@ struct Session {
     recorder: Option<SessionRecorder>,
     /// smtptap's own last reply to the client (`421`), recorded last.
     farewell: Option<Reply>,
+    /// The upstream is connected (and in TLS, where it must be from the start).
+    conversing: bool,
     from_client: u64,
     from_upstream: u64,
 }
@@ -71,6 +73,7 @@ pub(super) async fn handle(
         client_tls: Some(shared.tls.settings.client),
         upstream_tls: Some(shared.tls.settings.upstream),
         insecure_upstream: shared.tls.settings.insecure_upstream && shared.tls.settings.upstream != TlsMode::Off,
+        redact: Some(shared.config.redaction),
     };
     let recorder = match SessionRecorder::create(&shared.config.record_dir, &info, shared.config.keep_bodies) {
         Ok(r) => Some(r),
@@ -84,9 +87,17 @@ pub(super) async fn handle(
         id,
         peer,
         started: clock.started,
-        observer: Observer::new(clock, shared.tls.settings.policy()),
+        observer: Observer::new(
+            clock,
+            ObserverConfig {
+                policy: shared.tls.settings.policy(),
+                redaction: shared.config.redaction,
+                key: shared.fingerprint_key.clone(),
+            },
+        ),
         recorder,
         farewell: None,
+        conversing: false,
         from_client: 0,
         from_upstream: 0,
     };
@@ -121,6 +132,7 @@ impl Session {
             }
             self.observer.upstream_is_tls();
         }
+        self.conversing = true;
         if tls.settings.upstream == TlsMode::Starttls
             && tls.settings.client != TlsMode::Starttls
             && let Err(ending) = self.upgrade_upstream_first(client, &mut upstream, shared).await
@@ -389,9 +401,9 @@ impl Session {
     /// Writes what is left of the record and the `end` line, and logs the summary.
     fn finish(mut self, ending: Ending, upstream: &str) {
         let now = Instant::now();
-        // Without an upstream there was no conversation: no greeting was ever
-        // due, and the proxy's own 421 is the whole record.
-        if ending.reason != EndReason::UpstreamUnreachable {
+        // Without a usable upstream there was no conversation: no greeting was
+        // ever due, and the proxy's own 421 (if any) is the whole record.
+        if self.conversing {
             self.observer.finish(now, &mut self.recorder);
         }
         if let Some(reply) = self.farewell.take() {

@@ -5,6 +5,7 @@ mod connection;
 mod handshake;
 mod stream;
 
+use crate::auth::{FingerprintKey, Redaction};
 use crate::server::{self, ServerConfig, ServerTls};
 use crate::smtp::session::StartTlsPolicy;
 use crate::tls::TlsMode;
@@ -33,6 +34,8 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub tls: TlsSettings,
+    /// What AUTH data recordings keep.
+    pub redaction: Redaction,
 }
 
 /// TLS on both sides, as given on the command line.
@@ -86,6 +89,8 @@ pub enum ProxyError {
     TlsConfig(#[from] TlsConfigError),
     #[error("--upstream {0:?} is not HOST:PORT")]
     UpstreamAddress(String),
+    #[error("cannot load or create the fingerprint key in {}: {source} (choose another with --ca-dir)", dir.display())]
+    FingerprintKey { dir: PathBuf, source: std::io::Error },
 }
 
 /// What every session of this proxy shares.
@@ -96,6 +101,8 @@ struct Shared {
     /// How the upstream is named in recordings and logs.
     upstream_label: String,
     tls: TlsPlan,
+    /// Key of the fingerprints of hidden secrets, kept beside the CA.
+    fingerprint_key: FingerprintKey,
 }
 
 /// Runs the proxy until `shutdown` completes, then stops accepting, ends live
@@ -104,6 +111,11 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     crate::record::writer::ensure_dir(&config.record_dir)
         .map_err(|source| ProxyError::RecordDir { dir: config.record_dir.clone(), source })?;
     let settings = &config.tls;
+    let fingerprint_key = FingerprintKey::load_or_create(&settings.ca_dir)
+        .map_err(|source| ProxyError::FingerprintKey { dir: settings.ca_dir.clone(), source })?;
+    if config.redaction == Redaction::None {
+        tracing::warn!("--redact none: recordings will hold passwords and tokens in clear; keep them safe");
+    }
     let builtin = config.upstream.is_none();
     let needs_ca =
         (settings.client != TlsMode::Off && settings.cert.is_none()) || (builtin && settings.upstream != TlsMode::Off);
@@ -172,7 +184,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     tracing::info!(upstream = %upstream_label, record_dir = %config.record_dir.display(), "relaying");
     let max = config.max_connections;
-    let shared = Arc::new(Shared { config, upstream_addr, upstream_label, tls });
+    let shared = Arc::new(Shared { config, upstream_addr, upstream_label, tls, fingerprint_key });
     let sessions = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();

@@ -16,6 +16,7 @@ use super::forward::Forward;
 use super::line::{Line, LineAssembler};
 use super::message::{MessageDigest, MessageSummary};
 use super::reply::{Reply, ReplyParser};
+use crate::auth::{FingerprintKey, REDACTED, Recorded, Redaction, SaslSession};
 use crate::record::format::{CommandRecord, Exchange, MessageRecord, ReplyRecord};
 use chrono::{DateTime, Utc};
 use std::borrow::Cow;
@@ -90,6 +91,16 @@ impl StartTlsPolicy {
             StartTlsPolicy::Refused | StartTlsPolicy::AlreadyTls => Some(false),
         }
     }
+}
+
+/// What a session's observer is told when it starts.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    pub policy: StartTlsPolicy,
+    /// What AUTH data the record may keep.
+    pub redaction: Redaction,
+    /// Key of the fingerprints of hidden secrets.
+    pub key: FingerprintKey,
 }
 
 /// Which sides start a TLS handshake now.
@@ -173,6 +184,12 @@ pub struct Counts {
 pub struct Observer {
     clock: Clock,
     policy: StartTlsPolicy,
+    redaction: Redaction,
+    key: FingerprintKey,
+    /// The SASL exchange in progress, from `AUTH` to its final reply.
+    sasl: Option<SaslSession>,
+    /// The AUTH mechanisms the server's last EHLO reply offered.
+    offered_auth: Vec<String>,
     lines: LineAssembler,
     mode: Mode,
     replies: ReplyParser,
@@ -199,13 +216,18 @@ pub struct Observer {
 
 impl Observer {
     /// A new session; the server's greeting is the first reply expected.
-    pub fn new(clock: Clock, policy: StartTlsPolicy) -> Observer {
+    pub fn new(clock: Clock, config: ObserverConfig) -> Observer {
+        let ObserverConfig { policy, redaction, key } = config;
         let client_tls = policy == StartTlsPolicy::AlreadyTls;
         let mut greeting = Pending::new(Awaited::Greeting, clock.started);
         greeting.tls = client_tls;
         Observer {
             clock,
             policy,
+            redaction,
+            key,
+            sasl: None,
+            offered_auth: Vec::new(),
             lines: LineAssembler::default(),
             mode: Mode::Commands,
             replies: ReplyParser::default(),
@@ -375,7 +397,16 @@ impl Observer {
         }
         if !self.lines.is_idle() {
             let partial = self.lines.partial();
-            let mut record = command_record(&Command::parse(partial.text), partial);
+            let command = Command::parse(partial.text);
+            let secret = matches!(self.mode, Mode::SaslResponse) || matches!(command.kind, CommandKind::Auth { .. });
+            let mut record = if secret && self.redaction != Redaction::None {
+                CommandRecord::redacted(
+                    Some(command.verb).filter(|_| !matches!(self.mode, Mode::SaslResponse)),
+                    REDACTED.into(),
+                )
+            } else {
+                CommandRecord::from_line(Some(command.verb), partial)
+            };
             record.incomplete = true;
             let mut pending = Pending::new(Awaited::Command(CommandKind::Other), now);
             pending.pipelined = !self.pending.is_empty();
@@ -388,9 +419,8 @@ impl Observer {
         }
         if !self.held.is_empty() {
             let t = self.clock.wall(self.held_since.unwrap_or(now));
-            let text = format!("the client sent {} bytes that no reply came for; kept here unparsed", self.held.len());
-            out.note(t, text, Some(&self.held));
-            self.held.clear();
+            let held = std::mem::take(&mut self.held);
+            self.note_bytes(t, format!("the client sent {} bytes that no reply came for", held.len()), &held, out);
         }
         if self.held_dropped > 0 {
             let text =
@@ -565,9 +595,22 @@ impl Observer {
     fn discard_held_after_starttls(&mut self, now: Instant, out: &mut impl Output) {
         if !self.held.is_empty() {
             let t = self.clock.wall(self.held_since.take().unwrap_or(now));
-            let text = format!("the client sent {} bytes after STARTTLS, before its reply; discarded", self.held.len());
-            out.note(t, text, Some(&self.held));
-            self.held.clear();
+            let held = std::mem::take(&mut self.held);
+            let text = format!("the client sent {} bytes after STARTTLS, before its reply; discarded", held.len());
+            self.note_bytes(t, text, &held, out);
+        }
+    }
+
+    /// A note about client bytes that were not framed: they are kept with it
+    /// unless they may carry credentials the record must not hold.
+    fn note_bytes(&self, t: String, text: String, bytes: &[u8], out: &mut impl Output) {
+        let auth_line = bytes
+            .split(|&b| b == b'\n')
+            .any(|l| l.trim_ascii_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case(b"AUTH ")));
+        if self.redaction != Redaction::None && (self.sasl.is_some() || auth_line) {
+            out.note(t, format!("{text}; not kept, as they may hold credentials"), None);
+        } else {
+            out.note(t, format!("{text}; kept here"), Some(bytes));
         }
     }
 
@@ -602,15 +645,32 @@ impl Observer {
         pending.tls = self.client_tls;
         if matches!(self.mode, Mode::SaslResponse) {
             self.mode = Mode::Commands;
-            let cancel = self.lines.line().text == b"*";
-            let shown = if cancel { "*" } else { "<redacted>" };
-            pending.command = Some(CommandRecord::redacted(None, shown.into()));
+            let line = self.lines.line();
+            let mut record = CommandRecord::redacted(None, REDACTED.into());
+            if let Some(sasl) = &mut self.sasl {
+                let Recorded { line: shown, auth, .. } = sasl.response(line.text);
+                record = self.sasl_line(None, line, shown);
+                record.auth = auth;
+            }
+            pending.command = Some(record);
             self.pending.push_back(pending);
             return;
         }
         let line = self.lines.line();
         let command = Command::parse(line.text);
-        pending.command = Some(command_record(&command, line));
+        let mut record = CommandRecord::from_line(Some(command.verb.clone()), line);
+        if let CommandKind::Auth { mechanism, .. } = &command.kind {
+            record = CommandRecord::redacted(Some(command.verb.clone()), format!("{} {REDACTED}", command.verb));
+            if let Some((sasl, Recorded { line: shown, auth, .. })) =
+                SaslSession::from_command_line(line.text, self.redaction, &self.key)
+            {
+                record = self.sasl_line(Some(command.verb.clone()), line, shown);
+                record.auth = auth;
+                self.sasl = Some(sasl);
+            }
+            self.note_auth(now, mechanism, out);
+        }
+        pending.command = Some(record);
         match command.kind {
             CommandKind::Bdat { size, last } => {
                 if self.message.is_none() {
@@ -633,12 +693,36 @@ impl Observer {
         }
     }
 
+    /// The record of a line of an AUTH exchange: as the SASL decoder shows it,
+    /// or exactly as sent when nothing is redacted.
+    fn sasl_line(&self, verb: Option<String>, line: Line<'_>, shown: String) -> CommandRecord {
+        match self.redaction {
+            Redaction::None => CommandRecord::from_line(verb, line),
+            _ => CommandRecord::redacted(verb, shown),
+        }
+    }
+
+    /// Notes what a person debugging authentication should know.
+    fn note_auth(&mut self, now: Instant, mechanism: &str, out: &mut impl Output) {
+        let t = self.clock.wall(now);
+        if !self.client_tls {
+            let text = "the client sent AUTH before TLS: its credentials crossed the network unencrypted";
+            out.note(t.clone(), text.into(), None);
+        }
+        let unused: Vec<&str> =
+            self.offered_auth.iter().map(String::as_str).filter(|m| !m.eq_ignore_ascii_case(mechanism)).collect();
+        if !unused.is_empty() {
+            let text = format!("the server also offered AUTH {}; the client used {mechanism}", unused.join(" "));
+            out.note(t, text, None);
+        }
+    }
+
     /// The client's STARTTLS, which the proxy answers itself (it was not relayed).
     fn intercept_starttls(&mut self, now: Instant, actions: &mut Actions<'_>, out: &mut impl Output) {
         let line = self.lines.line();
         let mut pending = Pending::new(Awaited::LocalStartTls, now);
         pending.pipelined = !self.pending.is_empty();
-        pending.command = Some(command_record(&Command::parse(line.text), line));
+        pending.command = Some(CommandRecord::from_line(Some(Command::parse(line.text).verb), line));
         pending.tls = self.client_tls;
         self.pending.push_back(pending);
         if self.pending.len() == 1 {
@@ -669,7 +753,7 @@ impl Observer {
         format!("{code} {text}\r\n").into_bytes()
     }
 
-    fn on_reply(&mut self, now: Instant, reply: Reply, actions: &mut Actions<'_>, out: &mut impl Output) {
+    fn on_reply(&mut self, now: Instant, mut reply: Reply, actions: &mut Actions<'_>, out: &mut impl Output) {
         let Some(pending) = self.pending.pop_front() else {
             // A reply nobody asked for (e.g. a 421 before closing).
             let mut p = Pending::new(Awaited::Content, now);
@@ -688,7 +772,14 @@ impl Observer {
             }
             Awaited::Command(CommandKind::Auth { .. }) | Awaited::SaslResponse if code == 334 => {
                 self.mode = Mode::SaslResponse;
+                let text = reply.lines.first().cloned().unwrap_or_default();
+                if let Some(shown) = self.sasl.as_mut().and_then(|sasl| sasl.challenge(&text)) {
+                    // Some challenges (SCRAM's server signature) could help guess the password.
+                    reply.lines = vec![shown.into_bytes()];
+                }
             }
+            Awaited::Command(CommandKind::Auth { .. }) | Awaited::SaslResponse => self.sasl = None,
+            Awaited::Command(CommandKind::Ehlo) if code == 250 => self.offered_auth = auth_mechanisms(&reply),
             Awaited::Command(CommandKind::StartTls) if code == 220 => {
                 accepted_starttls = true;
                 let upgrade = if pending.by_proxy { Upgrade::Upstream } else { Upgrade::Both };
@@ -753,17 +844,26 @@ fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// The record of a command line, with any SASL initial response redacted:
-/// `AUTH <mechanism>` stays as typed, the rest becomes `<redacted>`.
-fn command_record(command: &Command, line: Line<'_>) -> CommandRecord {
-    let verb = Some(command.verb.clone());
-    match command.kind {
-        CommandKind::Auth { initial_response: true, .. } => {
-            let words: Vec<&[u8]> = line.text.split(|&b| b == b' ').filter(|w| !w.is_empty()).take(2).collect();
-            CommandRecord::redacted(verb, format!("{} <redacted>", String::from_utf8_lossy(&words.join(&b' '))))
+/// The mechanisms of an EHLO reply's `AUTH` line (RFC 4954 §3), also in
+/// the old `AUTH=` form.
+fn auth_mechanisms(reply: &Reply) -> Vec<String> {
+    let mut mechanisms: Vec<String> = Vec::new();
+    for line in reply.lines.iter().skip(1) {
+        let text = String::from_utf8_lossy(line);
+        let Some(rest) = text
+            .get(..5)
+            .filter(|k| k.eq_ignore_ascii_case("AUTH ") || k.eq_ignore_ascii_case("AUTH="))
+            .map(|_| &text[5..])
+        else {
+            continue;
+        };
+        for m in rest.split_ascii_whitespace().map(str::to_ascii_uppercase) {
+            if !mechanisms.contains(&m) {
+                mechanisms.push(m);
+            }
         }
-        _ => CommandRecord::from_line(verb, line),
     }
+    mechanisms
 }
 
 /// No output at all, e.g. when a recording could not be created.
@@ -831,6 +931,10 @@ mod tests {
     }
     use Step::{C, P, S};
 
+    fn config(policy: StartTlsPolicy) -> ObserverConfig {
+        ObserverConfig { policy, redaction: Redaction::Secrets, key: FingerprintKey::from_bytes([7; 32]) }
+    }
+
     /// Feeds the steps, each cut at `cuts` (offsets, wrapped to the step's length).
     fn observe(steps: &[Step], cuts: &[usize]) -> Collect {
         observe_with(StartTlsPolicy::Mirror, steps, cuts)
@@ -840,7 +944,7 @@ mod tests {
     fn observe_with(policy: StartTlsPolicy, steps: &[Step], cuts: &[usize]) -> Collect {
         let clock = Clock::now();
         let now = clock.started;
-        let mut obs = Observer::new(clock, policy);
+        let mut obs = Observer::new(clock, config(policy));
         let mut out = Collect::default();
         for (i, step) in steps.iter().enumerate() {
             let (bytes, client) = match step {
@@ -1107,7 +1211,7 @@ mod tests {
     fn withheld_bytes_are_handed_back_when_a_side_closes() {
         let clock = Clock::now();
         let now = clock.started;
-        let mut obs = Observer::new(clock, StartTlsPolicy::Refused);
+        let mut obs = Observer::new(clock, config(StartTlsPolicy::Refused));
         let mut out = Collect::default();
         obs.server_bytes(now, b"220 mx\r\n", &mut out);
         assert!(obs.client_bytes(now, b"EHLO c\r\nSTAR", &mut out).to_upstream.ends_with(b"EHLO c\r\n"));

@@ -74,9 +74,22 @@ pub fn client_facing_fixed(cert: &Path, key: &Path) -> Result<Arc<rustls::Server
     Ok(Arc::new(config))
 }
 
+/// What the upstream's certificate is checked against.
+#[derive(Debug, Clone)]
+pub struct UpstreamTrust {
+    /// The system's roots plus the certificates of `--upstream-ca`.
+    pub roots: Arc<RootCertStore>,
+    /// The certificates of `--upstream-ca` themselves: a server presenting
+    /// exactly one of them is trusted even when it is not a valid chain on
+    /// its own (a self-signed certificate marked as a CA, as `openssl req
+    /// -x509` makes by default, is refused as an end entity by WebPKI).
+    pub pinned: Vec<CertificateDer<'static>>,
+}
+
 /// Trust anchors for the upstream: the system's, plus `extra` (PEM).
-pub fn upstream_roots(extra: Option<&Path>) -> Result<Arc<RootCertStore>, TlsConfigError> {
+pub fn upstream_roots(extra: Option<&Path>) -> Result<UpstreamTrust, TlsConfigError> {
     let mut roots = RootCertStore::empty();
+    let mut pinned = Vec::new();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
         tracing::debug!(error = %e, "while loading system CA certificates");
@@ -84,13 +97,14 @@ pub fn upstream_roots(extra: Option<&Path>) -> Result<Arc<RootCertStore>, TlsCon
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra {
         for cert in read_certs(path)? {
-            roots.add(cert)?;
+            roots.add(cert.clone())?;
+            pinned.push(cert);
         }
     }
     if roots.is_empty() {
         return Err(TlsConfigError::NoRoots);
     }
-    Ok(Arc::new(roots))
+    Ok(UpstreamTrust { roots: Arc::new(roots), pinned })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
@@ -108,30 +122,76 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigErro
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
-    verifier: Arc<WebPkiServerVerifier>,
+    verifier: Arc<PinnedOrWebPki>,
 }
 
 impl UpstreamTls {
     /// `insecure`: complete handshakes whatever the certificate (it is still
     /// checked, and the result recorded).
-    pub fn new(roots: Arc<RootCertStore>, insecure: bool) -> Result<UpstreamTls, TlsConfigError> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider()).build()?;
+    pub fn new(trust: UpstreamTrust, insecure: bool) -> Result<UpstreamTls, TlsConfigError> {
+        let webpki = WebPkiServerVerifier::builder_with_provider(trust.roots, provider()).build()?;
+        let verifier = Arc::new(PinnedOrWebPki { pinned: trust.pinned, webpki });
         let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+        let builder = builder.dangerous();
         let config = if insecure {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
-                .with_no_client_auth()
+            builder.with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
         } else {
-            builder.with_webpki_verifier(verifier.clone()).with_no_client_auth()
+            builder.with_custom_certificate_verifier(verifier.clone())
         };
-        Ok(UpstreamTls { config: Arc::new(config), verifier })
+        Ok(UpstreamTls { config: Arc::new(config.with_no_client_auth()), verifier })
     }
 
     /// Whether `chain` verifies for `name` against the trust anchors.
     pub fn verifies(&self, chain: &[CertificateDer<'_>], name: &ServerName<'_>) -> Result<(), rustls::Error> {
         let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
         self.verifier.verify_server_cert(leaf, intermediates, name, &[], UnixTime::now()).map(|_| ())
+    }
+}
+
+/// WebPKI verification, plus exact matches of certificates the user named.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    pinned: Vec<CertificateDer<'static>>,
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            result => result,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
