@@ -1288,7 +1288,77 @@ mod tests {
         assert_eq!(noop.line.len(), super::super::line::MAX_LINE);
     }
 
+    /// Every form a secret could leak in: clear, base64 at each alignment, hex.
+    fn leak_forms(secret: &str) -> Vec<String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut forms = vec![secret.to_owned(), secret.bytes().map(|b| format!("{b:02x}")).collect()];
+        for pad in 0..3 {
+            let mut bytes = vec![0u8; pad];
+            bytes.extend_from_slice(secret.as_bytes());
+            let encoded = b64.encode(&bytes);
+            // The characters that depend only on the secret's bytes.
+            let start = (pad * 4).div_ceil(3) + 1;
+            let end = encoded.trim_end_matches('=').len().saturating_sub(2);
+            if end > start + 3 {
+                forms.push(encoded[start..end].to_owned());
+            }
+        }
+        forms
+    }
+
+    #[test]
+    fn leak_forms_find_a_password_inside_any_base64_blob() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for prefix in ["", "\0u\0", "\0us\0", "\0use\0"] {
+            let blob = b64.encode(format!("{prefix}S3cr3t-password"));
+            assert!(leak_forms("S3cr3t-password").iter().any(|f| blob.contains(f.as_str())), "{prefix:?}");
+        }
+    }
+
     proptest! {
+        /// Random credentials over PLAIN and LOGIN, cut anywhere: nothing the
+        /// observer emits holds the password in any form.
+        #[test]
+        fn auth_secrets_never_leak_at_any_split(
+            user in "[a-z]{1,8}@[a-z]{1,6}\\.test",
+            password in "[ -~]{8,24}",
+            cuts in proptest::collection::vec(0usize..64, 8),
+        ) {
+            use base64::Engine as _;
+            let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+            let plain = b64(format!("\0{user}\0{password}").as_bytes());
+            let client: Vec<Vec<u8>> = vec![
+                format!("AUTH PLAIN {plain}\r\n").into_bytes(),
+                b"AUTH LOGIN\r\n".to_vec(),
+                format!("{}\r\n", b64(user.as_bytes())).into_bytes(),
+                format!("{}\r\n", b64(password.as_bytes())).into_bytes(),
+            ];
+            let server: Vec<&[u8]> =
+                vec![b"535 5.7.8 no\r\n", b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n", b"235 2.7.0 ok\r\n"];
+            let clock = Clock::now();
+            let now = clock.started;
+            let mut obs = Observer::new(clock, config(StartTlsPolicy::Refused));
+            let mut out = Collect::default();
+            obs.server_bytes(now, b"220 mx\r\n", &mut out);
+            for (i, (c, s)) in client.iter().zip(&server).enumerate() {
+                let cut = cuts[i] % (c.len() + 1);
+                obs.client_bytes(now, &c[..cut], &mut out);
+                obs.client_bytes(now, &c[cut..], &mut out);
+                let cut = cuts[i + 4] % (s.len() + 1);
+                obs.server_bytes(now, &s[..cut], &mut out);
+                obs.server_bytes(now, &s[cut..], &mut out);
+            }
+            obs.finish(now, &mut out);
+            prop_assert_eq!(out.exchanges.len(), 5);
+            let json = serde_json::to_string(&out.exchanges).unwrap() + &out.notes.join("\n");
+            for form in leak_forms(&password).iter().chain([&plain]) {
+                prop_assert!(!json.contains(form.as_str()), "{} leaked in {}", form, json);
+            }
+            prop_assert!(json.contains(&user), "the identity is kept");
+        }
+
         /// Any read split of either direction gives the same exchanges.
         #[test]
         fn pairing_is_independent_of_read_splits(cuts in proptest::collection::vec(0usize..200, PIPELINED.len())) {
