@@ -63,7 +63,18 @@ impl Clock {
 
 /// RFC 3339 UTC with microseconds, as in the record.
 pub fn format_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    use chrono::{Datelike, Timelike};
+    // By hand: strftime parses its pattern on every call, and this is per record.
+    let micros = (t.nanosecond() / 1000).min(999_999); // a leap second counts as :59.999999
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// Who handles the client's STARTTLS, from the TLS modes of both sides
@@ -1305,6 +1316,14 @@ mod tests {
             }
         }
         forms
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_microseconds() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T19:36:24.123456789Z").unwrap().with_timezone(&Utc);
+        assert_eq!(format_time(t), "2026-11-28T19:36:24.123456Z");
+        let t = chrono::DateTime::parse_from_rfc3339("0999-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        assert_eq!(format_time(t), "0999-01-02T03:04:05.000000Z");
     }
 
     #[test]
