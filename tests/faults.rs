@@ -433,6 +433,8 @@ fn upstream_stalling_mid_reply_times_out_without_corrupting_the_reply() {
     assert_eq!(upstream.conn(0).wait_end(), PeerEnd::Eof, "upstream closed cleanly");
     let session = &proxy.sessions(1)[0];
     assert_eq!(end_of(session)["reason"], "timeout");
+    let error = end_of(session)["error"].as_str().unwrap();
+    assert!(error.ends_with("waiting for the upstream: the greeting"), "the phase is named: {error}");
     assert!(!exchanges(session).iter().any(|e| e["origin"] == "proxy"));
 }
 
@@ -572,7 +574,8 @@ fn idle_client_gets_421_and_the_session_times_out() {
     let session = &proxy.sessions(1)[0];
     let end = end_of(session);
     assert_eq!(end["reason"], "timeout");
-    assert!(end["error"].is_string());
+    let error = end["error"].as_str().unwrap();
+    assert!(error.ends_with("waiting for the client: its next command"), "the phase is named: {error}");
     let last = *exchanges(session).last().unwrap();
     assert_eq!((last["origin"].as_str(), last["reply"]["code"].as_u64()), (Some("proxy"), Some(421)));
     assert_eq!(last["reply"]["enhanced"], "4.4.2");

@@ -372,7 +372,8 @@ impl Session {
                     if client_reads && self.observer.between_replies() {
                         self.say_to_client(client, 421, &text).await;
                     }
-                    return Ending::with_error(EndReason::Timeout, format!("idle for {} s", idle.as_secs()));
+                    let why = format!("nothing for {} s, {}", idle.as_secs(), self.observer.phase());
+                    return Ending::with_error(EndReason::Timeout, why);
                 }
                 Event::Stop => {
                     if client_reads && self.observer.between_replies() {

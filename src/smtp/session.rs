@@ -267,6 +267,26 @@ impl Observer {
         self.quit_accepted
     }
 
+    /// Where the conversation stands, in words for a timeout's error.
+    pub fn phase(&self) -> String {
+        if let Some(front) = self.pending.front() {
+            let what = match (&front.awaited, &front.command) {
+                (Awaited::Greeting, _) => "the greeting".to_owned(),
+                (Awaited::Content, _) => "the reply to the message content".to_owned(),
+                (_, Some(c)) => format!("the reply to {}", c.verb.as_deref().unwrap_or("an AUTH continuation")),
+                (_, None) => "a reply".to_owned(),
+            };
+            return format!("waiting for the upstream: {what}");
+        }
+        match self.mode {
+            Mode::Data(_) => "waiting for the client: message content (DATA)".into(),
+            Mode::Chunk { .. } => "waiting for the client: a BDAT chunk".into(),
+            Mode::SaslResponse => "waiting for the client: an AUTH response".into(),
+            Mode::Commands if !self.lines.is_idle() => "waiting for the client: the rest of a command line".into(),
+            Mode::Commands => "waiting for the client: its next command".into(),
+        }
+    }
+
     /// True while some reply (the greeting included) is still due.
     pub fn awaiting_replies(&self) -> bool {
         !self.pending.is_empty()
@@ -1316,6 +1336,21 @@ mod tests {
             }
         }
         forms
+    }
+
+    #[test]
+    fn phase_names_who_is_awaited() {
+        let clock = Clock::now();
+        let now = clock.started;
+        let mut obs = Observer::new(clock, config(StartTlsPolicy::Mirror));
+        let mut out = Collect::default();
+        assert_eq!(obs.phase(), "waiting for the upstream: the greeting");
+        obs.server_bytes(now, b"220 mx\r\n", &mut out);
+        assert_eq!(obs.phase(), "waiting for the client: its next command");
+        obs.client_bytes(now, b"DATA\r\n", &mut out);
+        assert_eq!(obs.phase(), "waiting for the upstream: the reply to DATA");
+        obs.server_bytes(now, b"354 go\r\n", &mut out);
+        assert_eq!(obs.phase(), "waiting for the client: message content (DATA)");
     }
 
     #[test]
