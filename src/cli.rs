@@ -21,6 +21,10 @@ pub enum Cmd {
     /// Create or show smtptap's local certificate authority.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Print recordings as transcripts (or a directory as one line per session).
+    Show(crate::show::ShowArgs),
+    /// Report misconfigurations found in recordings, with advice.
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]

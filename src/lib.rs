@@ -11,12 +11,18 @@
 //! - [`record`]: the recording format (version 1) and the per-session writer
 //!   that turns exchanges into JSON lines, spooling large bodies to disk.
 //! - [`server`]: the built-in test SMTP server, the default upstream.
+//! - [`show`]: recordings as swaks-style transcripts and a one-line-per-session
+//!   list; `--follow` tails a recordings directory.
+//! - [`check`]: findings about misconfigured clients, as pure rules over
+//!   parsed recordings ([`record::reader`]), with advice in plain words.
 //! - [`cli`]: command-line flags, resolved into config structs.
 
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod record;
 pub mod relay;
 pub mod server;
+pub mod show;
 pub mod smtp;
 pub mod tls;

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Cmd::Show(args) => return report_exit(smtptap::show::run(&args)),
+        Cmd::Check(args) => return report_exit(smtptap::check::run(&args)),
         Cmd::Proxy(args) => {
             runtime.block_on(smtptap::relay::run(args.resolve(), shutdown_signal())).map_err(|e| e.to_string())
         }
@@ -39,6 +41,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("smtptap: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The exit code of a command that reports on standard output: its own, or
+/// 0 when the reader went away (`| head`), or 2 when output failed.
+fn report_exit(result: std::io::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smtptap: cannot write the output: {e}");
             ExitCode::from(2)
         }
     }
