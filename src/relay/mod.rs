@@ -108,6 +108,7 @@ struct Shared {
 /// Runs the proxy until `shutdown` completes, then stops accepting, ends live
 /// sessions (each with a complete recording) and returns.
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+    raise_open_file_limit(config.max_connections);
     crate::record::writer::ensure_dir(&config.record_dir)
         .map_err(|source| ProxyError::RecordDir { dir: config.record_dir.clone(), source })?;
     let settings = &config.tls;
@@ -258,6 +259,28 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
         stream.shutdown().await
     })
     .await;
+}
+
+/// Each session holds two sockets (and a recording file): lift the soft limit
+/// on open files to the hard one, as servers do, and warn if that is still
+/// short of what `--max-connections` needs.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_err() {
+        tracing::debug!("could not raise the open-files limit");
+    }
+    let available = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = 3 * max_connections as u64 + 64;
+    if available < needed {
+        tracing::warn!(
+            available,
+            needed,
+            "the open-files limit is low for --max-connections; \
+            raise it (ulimit -n) or lower --max-connections"
+        );
+    }
 }
 
 /// The host part of `HOST:PORT` or `[V6]:PORT`.
