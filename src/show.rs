@@ -28,6 +28,9 @@ use std::time::{Duration, SystemTime};
 /// Lines of message content printed with `--body`.
 pub const BODY_LINES: usize = 20;
 
+/// Longest message line shown whole with `--body`.
+pub const BODY_LINE_CHARS: usize = 200;
+
 /// How often `--follow` looks for new sessions and new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
@@ -181,24 +184,35 @@ pub fn run(args: &ShowArgs) -> io::Result<u8> {
     Ok(code)
 }
 
-/// Applies `--since` (by each session's start, which needs its first line)
-/// and `--last`.
+/// Orders recordings by their start (from their first line; unreadable
+/// ones keep their place at the end, to be reported when shown), then
+/// applies `--since` and `--last`.
 fn select(files: &[PathBuf], since: Option<DateTime<Utc>>, last: Option<usize>, code: &mut u8) -> Vec<PathBuf> {
-    let mut kept: Vec<PathBuf> = match since {
-        None => files.to_vec(),
-        Some(since) => files
-            .iter()
-            .filter(|path| match Reader::open(path) {
-                Ok((_, info)) => parse_time(&info.started).is_none_or(|t| t >= since),
-                Err(e) => {
+    let mut dated: Vec<(Option<DateTime<Utc>>, bool, &PathBuf)> = files
+        .iter()
+        .map(|path| match Reader::open(path) {
+            Ok((_, info)) => (parse_time(&info.started), true, path),
+            Err(_) => (None, false, path),
+        })
+        .collect();
+    if files.len() > 1 {
+        dated.sort_by(|a, b| (!a.1, a.0, a.2).cmp(&(!b.1, b.0, b.2)));
+    }
+    let mut kept: Vec<PathBuf> = dated
+        .into_iter()
+        .filter(|(started, readable, path)| match (since, readable) {
+            (None, _) => true,
+            (Some(since), true) => started.is_none_or(|t| t >= since),
+            (Some(_), false) => {
+                if let Err(e) = Reader::open(path) {
                     eprintln!("smtptap: {e}");
-                    *code = 2;
-                    false
                 }
-            })
-            .cloned()
-            .collect(),
-    };
+                *code = 2;
+                false
+            }
+        })
+        .map(|(_, _, path)| path.clone())
+        .collect();
     if let Some(n) = last {
         kept.drain(..kept.len().saturating_sub(n));
     }
@@ -610,7 +624,13 @@ impl Transcript {
         }
         let who = if e.origin.is_some() { Who::ProxyClient } else { Who::Client };
         for line in lines.iter().take(BODY_LINES) {
-            self.line(out, Stamp::at(t), who, e.tls, line);
+            match line.char_indices().nth(BODY_LINE_CHARS) {
+                Some((cut, _)) => {
+                    let shown = format!("{}… ({} octets in all)", &line[..cut], line.len());
+                    self.line(out, Stamp::at(t), who, e.tls, &shown);
+                }
+                None => self.line(out, Stamp::at(t), who, e.tls, line),
+            }
         }
         if lines.len() > BODY_LINES {
             self.note(out, t, &format!("  … {} more lines", lines.len() - BODY_LINES));
@@ -647,7 +667,9 @@ impl Transcript {
             TlsSide::Upstream => "with the upstream",
         };
         if let Some(error) = &tls.error {
-            self.note(out, &tls.t, &format!("TLS {side} failed: {error}"));
+            let text =
+                if error.starts_with("TLS handshake") { error.clone() } else { format!("TLS {side} failed: {error}") };
+            self.note(out, &tls.t, &text);
             return;
         }
         let mut text = format!(
@@ -747,6 +769,7 @@ fn reply_lines(r: &ReplyRecord, in_auth: bool) -> Vec<String> {
 fn decode_challenge(text: &str) -> Option<String> {
     let bytes = B64.decode(text.trim()).ok()?;
     let s = String::from_utf8(bytes).ok()?;
+    let s = s.trim_end_matches('\0').to_owned();
     (!s.is_empty() && !s.chars().any(|c| c.is_control())).then_some(s)
 }
 

@@ -8,6 +8,8 @@
 /// The kinds of refusal the rules tell apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// `454 4.7.0 TLS not available`: the reply to STARTTLS.
+    StartTlsRefused,
     /// `530 5.7.0 Must issue a STARTTLS command first`, `538 5.7.11`.
     StartTlsRequired,
     /// `534 5.7.9 Application-specific password required`.
@@ -77,7 +79,13 @@ pub fn explain(code: u16, enhanced: Option<&str>, text: &str, verb: Option<&str>
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     let status = |prefix: &str| enhanced == prefix || enhanced.starts_with(&format!("{prefix}."));
     let auth = verb == Some("AUTH");
-    let (kind, meaning, advice) = if has(&["starttls", "tls required", "encryption required", "must issue a starttls"])
+    let (kind, meaning, advice) = if verb == Some("STARTTLS") {
+        (
+            Kind::StartTlsRefused,
+            "the server would not start TLS, so the session can only go on unencrypted",
+            "A client set to require encryption stops here, which is right; if the server should offer TLS, ask its administrator (or check that the client talks to the right server and port).",
+        )
+    } else if has(&["starttls", "tls required", "encryption required", "must issue a starttls"])
         || status("5.7.11")
         || code == 538
     {
@@ -261,6 +269,7 @@ mod tests {
     fn common_refusals_are_told_apart() {
         let cases = [
             (530, "5.7.0", "5.7.0 Must issue a STARTTLS command first", Some("MAIL"), Kind::StartTlsRequired),
+            (454, "4.7.0", "4.7.0 TLS not available due to local problem", Some("STARTTLS"), Kind::StartTlsRefused),
             (
                 538,
                 "5.7.11",

@@ -249,6 +249,10 @@ pub fn tls_failed(f: &Facts<'_>) -> Vec<Finding> {
             Record::Exchange(e) => seq = Some(e.seq),
             Record::Tls(t) => {
                 let Some(error) = &t.error else { continue };
+                let error = error
+                    .strip_prefix("TLS handshake with the client failed: ")
+                    .or_else(|| error.strip_prefix("TLS handshake with the upstream failed: "))
+                    .unwrap_or(error);
                 let (message, advice) = match t.side {
                     TlsSide::Client => (
                         format!("the TLS handshake with the client failed: {error}"),
