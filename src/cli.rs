@@ -80,6 +80,9 @@ pub struct ProxyArgs {
     /// Keep message size, digest and headers, not the body.
     #[arg(long)]
     pub no_bodies: bool,
+    /// Print `smtptap check`'s findings for each session as it ends.
+    #[arg(long)]
+    pub check: bool,
     /// Most sessions at once; more clients get `421` and are logged.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

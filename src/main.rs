@@ -25,7 +25,13 @@ fn main() -> ExitCode {
         Cmd::Show(args) => return report_exit(smtptap::show::run(&args)),
         Cmd::Check(args) => return report_exit(smtptap::check::run(&args)),
         Cmd::Proxy(args) => {
-            runtime.block_on(smtptap::relay::run(args.resolve(), shutdown_signal())).map_err(|e| e.to_string())
+            let live_check = args.check.then(|| smtptap::check::live::LiveCheck::spawn(args.record_dir.clone()));
+            let result =
+                runtime.block_on(smtptap::relay::run(args.resolve(), shutdown_signal())).map_err(|e| e.to_string());
+            if let Some(live_check) = live_check {
+                live_check.finish();
+            }
+            result
         }
         Cmd::Ca(CaCmd::Init(args)) => LocalCa::load_or_create(&args.ca_dir)
             .map(|(ca, created)| {

@@ -1020,10 +1020,23 @@ fn a_closed_pipe_is_not_an_error() {
     assert!(err.is_empty(), "{err}");
 }
 
-/// A running `smtptap show --follow`, killed on drop.
+/// A running `smtptap show --follow` (or `proxy --check`), killed on drop.
 struct Follower {
     child: Child,
     lines: mpsc::Receiver<String>,
+}
+
+/// The lines of `out`, read on a thread.
+fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
 }
 
 impl Follower {
@@ -1036,15 +1049,7 @@ impl Follower {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Follower { child, lines }
+        Follower { child, lines: lines_of(out) }
     }
 
     /// Lines up to and including the first that starts with `prefix`.
@@ -1105,4 +1110,31 @@ fn follow_waits_for_a_directory_that_does_not_exist_yet() {
     assert_success(&swaks(proxy.addr, &["--from", "ann@x.test", "--to", "bob@y.test"]), "swaks");
     let lines = follower.until("** end: ").join("\n");
     assert!(lines.contains(" -> MAIL FROM:<ann@x.test>"), "{lines}");
+}
+
+#[test]
+fn proxy_check_prints_findings_as_each_session_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--check", "--listen", "127.0.0.1:0", "--record-dir"])
+        .arg(dir.path().join("recordings"))
+        .arg("--ca-dir")
+        .arg(dir.path().join("certs"))
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let follower = Follower { child, lines: lines_of(out) };
+    let addr: SocketAddr = follower.until("listening on ").pop().unwrap()["listening on ".len()..].parse().unwrap();
+    assert_success(&swaks(addr, &["--from", "ann@x.test", "--to", "bob@y.test"]), "swaks");
+    let report = follower.until("  warning ").join("\n");
+    assert!(report.contains(".jsonl: session "), "{report}");
+    assert!(report.contains("the server offered STARTTLS but the client never used it"), "{report}");
+    let ca = dir.path().join("certs/ca.pem");
+    let tls = [&["--from", "ann@x.test", "--to", "bob@y.test"], &swaks_tls(path_str(&ca))[..]].concat();
+    assert_success(&swaks(addr, &tls), "swaks");
+    follower.until("  no problems found");
 }

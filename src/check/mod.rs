@@ -13,6 +13,7 @@
 pub mod advice;
 pub mod facts;
 pub mod findings;
+pub mod live;
 
 use crate::record::reader::{self, Recording};
 use serde::Serialize;
