@@ -21,6 +21,8 @@ use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Exit status: 0 when nothing at warning level or above was found, 1 when something was, \
+                        2 when some input could not be read.")]
 pub struct CheckArgs {
     /// Recording files, or directories of recordings.
     #[arg(value_name = "RECORDING|DIR", required = true)]
