@@ -1092,6 +1092,10 @@ fn follow(args: &ShowArgs, opts: Options, since: Option<DateTime<Utc>>, out: &mu
                 }
             }
         }
+        if first_scan {
+            // Readiness: from here on, every new session is shown.
+            eprintln!("smtptap: following {} (Ctrl-C to stop)", path.display());
+        }
         first_scan = false;
         for t in &mut tracked {
             let mut text = String::new();

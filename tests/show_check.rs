@@ -7,7 +7,7 @@
 //!    sessions that trigger nothing.
 //! 2. Golden tests: `show` and `check` on the committed recordings in
 //!    tests/fixtures (captured by the same scenarios; regenerate them with
-//!    `UPDATE_FIXTURES=1 cargo test --test show_check -- --ignored`), compared
+//!    `UPDATE_FIXTURES=1 cargo test --test show_check golden`), compared
 //!    with tests/golden (rewrite them with `UPDATE_GOLDEN=1`).
 //! 3. Tolerance: recordings cut short and with unknown fields are read;
 //!    anything else is refused with exit code 2. `--follow`, colour, pipes.
@@ -851,8 +851,25 @@ fn golden(name: &str, actual: &str) {
     }
 }
 
+/// With UPDATE_FIXTURES=1 the fixtures are captured afresh, once per run,
+/// before the golden tests read them.
+fn refresh_fixtures_if_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("UPDATE_FIXTURES").is_none() {
+        return;
+    }
+    ONCE.call_once(|| {
+        std::fs::create_dir_all(fixtures()).unwrap();
+        for (name, scenario) in SCENARIOS {
+            let c = scenario();
+            std::fs::copy(&c.path, fixtures().join(format!("{name}.jsonl"))).unwrap();
+        }
+    });
+}
+
 #[test]
 fn golden_transcripts() {
+    refresh_fixtures_if_asked();
     for (name, _) in SCENARIOS {
         let fixture = format!("tests/fixtures/{name}.jsonl");
         golden(&format!("{name}.txt"), &show(&[&fixture]));
@@ -865,12 +882,14 @@ fn golden_transcripts() {
 
 #[test]
 fn golden_list_view() {
+    refresh_fixtures_if_asked();
     golden("list.txt", &show(&["tests/fixtures"]));
     golden("list-last-3.txt", &show(&["--last", "3", "tests/fixtures"]));
 }
 
 #[test]
 fn golden_check_reports() {
+    refresh_fixtures_if_asked();
     let out = smtptap(&["check", "tests/fixtures"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     golden("check.txt", &stdout(&out));
@@ -884,19 +903,6 @@ fn golden_check_reports() {
 /// Captures every scenario again and keeps its recording as a fixture.
 /// `UPDATE_FIXTURES=1 cargo test --test show_check -- --ignored`, then
 /// `UPDATE_GOLDEN=1 cargo test --test show_check golden`.
-#[test]
-#[ignore = "rewrites tests/fixtures; run with UPDATE_FIXTURES=1"]
-fn regenerate_fixtures() {
-    if std::env::var_os("UPDATE_FIXTURES").is_none() {
-        return;
-    }
-    std::fs::create_dir_all(fixtures()).unwrap();
-    for (name, scenario) in SCENARIOS {
-        let c = scenario();
-        std::fs::copy(&c.path, fixtures().join(format!("{name}.jsonl"))).unwrap();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 3. Tolerance, refusal, --follow, colour and pipes
 // ---------------------------------------------------------------------------
@@ -1045,10 +1051,19 @@ impl Follower {
             .args(["show", "--follow", path_str(dir)])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
+        // Ready once it says it follows: it has taken stock of what exists.
+        let errors = lines_of(child.stderr.take().unwrap());
+        loop {
+            match errors.recv_timeout(PATIENCE) {
+                Ok(line) if line.starts_with("smtptap: following ") => break,
+                Ok(_) => {}
+                Err(e) => panic!("show --follow never said it was following: {e}"),
+            }
+        }
         Follower { child, lines: lines_of(out) }
     }
 
@@ -1087,7 +1102,6 @@ fn follow_prints_sessions_as_they_happen() {
     assert_success(&swaks(proxy.addr, &["--from", "old@x.test", "--to", "bob@y.test"]), "swaks");
     proxy.sessions(1);
     let follower = Follower::start(&proxy.record_dir());
-    thread::sleep(Duration::from_millis(500)); // let it take stock of what exists
     let args = [&["--from", "new@x.test", "--to", "bob@y.test"], &swaks_tls(&ca)[..]].concat();
     assert_success(&swaks(proxy.addr, &args), "swaks");
     let lines = follower.until("** end: ").join("\n");
@@ -1105,7 +1119,6 @@ fn follow_waits_for_a_directory_that_does_not_exist_yet() {
     let dir = tempfile::tempdir().unwrap();
     let records = dir.path().join("recordings");
     let follower = Follower::start(&records);
-    thread::sleep(Duration::from_millis(300));
     let proxy = Proxy::start_in(dir, &PLAINTEXT);
     assert_success(&swaks(proxy.addr, &["--from", "ann@x.test", "--to", "bob@y.test"]), "swaks");
     let lines = follower.until("** end: ").join("\n");
