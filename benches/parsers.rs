@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use smtptap::auth::{FingerprintKey, Redaction};
-use smtptap::record::format::{Exchange, Record, ReplyRecord};
+use smtptap::record::format::{Exchange, NoteKind, Record, ReplyRecord};
 use smtptap::smtp::command::Command;
 use smtptap::smtp::data::{DotDecoder, dot_stuff};
 use smtptap::smtp::reply::ReplyParser;
@@ -74,7 +74,7 @@ impl Output for Discard {
     fn content(&mut self, chunk: &[u8]) {
         black_box(chunk);
     }
-    fn note(&mut self, _: String, _: String, _: Option<&[u8]>) {}
+    fn note(&mut self, _: String, _: NoteKind, _: String, _: Option<&[u8]>) {}
 }
 
 fn observer(c: &mut Criterion) {

@@ -3,7 +3,7 @@
 //! when each was sent, the AUTH dialogs, and the parsing of envelope and
 //! header addresses.
 
-use crate::record::format::{Exchange, Note, Record, ReplyRecord, TlsInfo};
+use crate::record::format::{Exchange, Note, NoteKind, Record, ReplyRecord, TlsInfo};
 use crate::record::reader::Recording;
 
 /// Extensions a server offered in its `EHLO` reply.
@@ -220,8 +220,8 @@ impl<'a> Facts<'a> {
     /// What the client was offered in the EHLO reply smtptap relayed to it:
     /// the recorded reply, as edited by smtptap (noted beside it).
     pub fn starttls_offered_to_client(&self) -> Option<&Step<'a>> {
-        let removed = self.notes.iter().any(|n| n.text.starts_with("STARTTLS removed from"));
-        let added = self.notes.iter().any(|n| n.text.starts_with("STARTTLS added to"));
+        let removed = self.notes.iter().any(|n| n.kind == Some(NoteKind::StarttlsWithdrawn));
+        let added = self.notes.iter().any(|n| n.kind == Some(NoteKind::StarttlsOffered));
         self.steps.iter().find(|s| {
             let offered = s.ex.reply.as_ref().is_some_and(|r| Caps::from_ehlo(r).starttls);
             s.is("EHLO") && !s.ex.tls && s.code() == Some(250) && ((offered && !removed) || added)

@@ -5,7 +5,7 @@
 use super::advice::{self, Kind};
 use super::facts::{self, Facts, Hello, Step};
 use super::{Finding, Severity};
-use crate::record::format::{EndReason, MessageRecord, Record, ReplyRecord, TlsSide};
+use crate::record::format::{EndReason, MessageRecord, NoteKind, Record, ReplyRecord, TlsSide};
 use crate::show::{body_bytes, fmt_size};
 
 pub type Rule = fn(&Facts<'_>) -> Vec<Finding>;
@@ -222,15 +222,12 @@ pub fn starttls_injection(f: &Facts<'_>) -> Vec<Finding> {
     for r in &f.rec.records {
         match r {
             Record::Exchange(e) => seq = Some(e.seq),
-            Record::Note(n)
-                if n.text.starts_with("the client sent")
-                    && n.text.contains("after STARTTLS, before the TLS handshake") =>
-            {
+            Record::Note(n) if n.kind == Some(NoteKind::ClientAfterStarttls) => {
                 return vec![finding(
                     "starttls-injection",
                     Severity::Warning,
                     seq,
-                    format!("{} (smtptap did not relay it)", n.text.trim_end_matches("; discarded")),
+                    format!("{} (smtptap did not relay it)", n.text.split(';').next().unwrap_or(&n.text)),
                     "A client must wait for the 220 to STARTTLS and start TLS before sending anything else; this is the pattern of the STARTTLS command-injection flaw (CVE-2011-0411). Update or replace the client.".into(),
                 )];
             }

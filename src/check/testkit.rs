@@ -3,8 +3,8 @@
 
 use crate::auth::AuthRecord;
 use crate::record::format::{
-    Body, BodyEncoding, CommandRecord, EndReason, Exchange, MessageRecord, Note, Record, ReplyRecord, SessionEnd,
-    SessionInfo, TlsInfo, TlsSide,
+    Body, BodyEncoding, CommandRecord, EndReason, Exchange, MessageRecord, Note, NoteKind, Record, ReplyRecord,
+    SessionEnd, SessionInfo, TlsInfo, TlsSide,
 };
 use crate::record::reader::Recording;
 use crate::smtp::message::MessageDigest;
@@ -175,9 +175,9 @@ impl Script {
     }
 
     /// A note from the proxy.
-    pub fn note(mut self, text: &str) -> Script {
+    pub fn note(mut self, kind: NoteKind, text: &str) -> Script {
         let t = self.t();
-        self.records.push(Record::Note(Note { t, text: text.into(), data_base64: None }));
+        self.records.push(Record::Note(Note { t, kind: Some(kind), text: text.into(), data_base64: None }));
         self
     }
 

@@ -3,7 +3,7 @@
 
 use super::testkit::*;
 use super::*;
-use crate::record::format::{EndReason, TlsSide};
+use crate::record::format::{EndReason, NoteKind, TlsSide};
 
 fn rules(rec: &Recording) -> Vec<(&'static str, Severity, Option<u64>)> {
     check(rec).into_iter().map(|f| (f.rule, f.severity, f.seq)).collect()
@@ -51,12 +51,16 @@ fn starttls_offered_but_not_used() {
     let probe = Script::new().ehlo(PLAIN_EXTENSIONS).quit();
     assert_eq!(rules(&probe), [("starttls-not-used", Severity::Info, Some(1))]);
     // smtptap removed it from what the client saw (--client-tls off): not offered.
-    let removed =
-        Script::new().note("STARTTLS removed from the EHLO reply relayed to the client").ehlo(PLAIN_EXTENSIONS).quit();
+    let removed = Script::new()
+        .note(NoteKind::StarttlsWithdrawn, "STARTTLS removed from the EHLO reply relayed to the client")
+        .ehlo(PLAIN_EXTENSIONS)
+        .quit();
     assert!(only(&removed, "starttls-not-used").is_empty());
     // smtptap added it: offered.
-    let added =
-        Script::new().note("STARTTLS added to the EHLO reply relayed to the client").ehlo(&["PIPELINING"]).quit();
+    let added = Script::new()
+        .note(NoteKind::StarttlsOffered, "STARTTLS added to the EHLO reply relayed to the client")
+        .ehlo(&["PIPELINING"])
+        .quit();
     assert_eq!(only(&added, "starttls-not-used").len(), 1);
     assert!(only(&clean(), "starttls-not-used").is_empty());
 }
@@ -338,7 +342,10 @@ fn plaintext_after_starttls_was_refused() {
 fn starttls_command_injection() {
     let rec = Script::new()
         .ehlo(PLAIN_EXTENSIONS)
-        .note("the client sent 12 bytes after STARTTLS, before the TLS handshake; discarded")
+        .note(
+            NoteKind::ClientAfterStarttls,
+            "the client sent 12 bytes after STARTTLS, before the TLS handshake; discarded; kept here",
+        )
         .starttls()
         .quit();
     let found = only(&rec, "starttls-injection");

@@ -224,10 +224,38 @@ pub struct PeerCertificate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Note {
     pub t: String,
+    /// What the note is about, for programs (`check`); `text` is for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<NoteKind>,
     pub text: String,
     /// Bytes the note is about, when they could not be paired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_base64: Option<String>,
+}
+
+/// The kinds of [`Note`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoteKind {
+    /// smtptap added STARTTLS to an EHLO reply it relayed to the client.
+    StarttlsOffered,
+    /// smtptap removed STARTTLS from an EHLO reply it relayed to the client.
+    StarttlsWithdrawn,
+    /// The client sent plaintext after STARTTLS, before TLS (discarded).
+    ClientAfterStarttls,
+    /// The server sent bytes after its 220 to STARTTLS (discarded).
+    ServerAfterStarttls,
+    /// The client authenticated before TLS.
+    AuthBeforeTls,
+    /// The server offered AUTH mechanisms the client did not use.
+    AuthMechanismsUnused,
+    /// Client bytes that no reply came for, or that went over the hold limit.
+    UnansweredClientData,
+    /// The server closed in the middle of a reply.
+    PartialReply,
+    /// A kind this version does not know.
+    #[serde(other)]
+    Other,
 }
 
 /// The last line of a complete recording.

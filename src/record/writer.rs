@@ -1,7 +1,7 @@
 //! Writes one session's recording: a file of JSON lines, each written with a
 //! single `write` as soon as it is known, so a killed proxy leaves whole lines.
 
-use super::format::{Exchange, Note, Record, SessionEnd, SessionInfo};
+use super::format::{Exchange, Note, NoteKind, Record, SessionEnd, SessionInfo};
 use super::spool::Spool;
 use crate::smtp::session::Output;
 use std::collections::VecDeque;
@@ -153,9 +153,9 @@ impl Output for SessionRecorder {
         }
     }
 
-    fn note(&mut self, t: String, text: String, data: Option<&[u8]>) {
+    fn note(&mut self, t: String, kind: NoteKind, text: String, data: Option<&[u8]>) {
         use base64::Engine as _;
         let data_base64 = data.map(|d| base64::engine::general_purpose::STANDARD.encode(d));
-        self.write_record(&Record::Note(Note { t, text, data_base64 }));
+        self.write_record(&Record::Note(Note { t, kind: Some(kind), text, data_base64 }));
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::check::testkit::*;
+use crate::record::format::NoteKind;
 use crate::record::format::{EndReason, Record};
 
 fn plain() -> Options {
@@ -81,7 +82,9 @@ fn auth_login_continuations_are_decoded_beside_the_redacted_lines() {
 
 #[test]
 fn notes_proxy_commands_and_answers_are_marked() {
-    let mut script = Script::new().note("STARTTLS added to the EHLO reply relayed to the client").ehlo(&[]);
+    let mut script = Script::new()
+        .note(NoteKind::StarttlsOffered, "STARTTLS added to the EHLO reply relayed to the client")
+        .ehlo(&[]);
     script = script.cmd("STARTTLS", 220, "2.0.0 Ready");
     let mut rec = script.quit();
     for r in &mut rec.records {

@@ -17,7 +17,7 @@ use super::line::{Line, LineAssembler};
 use super::message::{MessageDigest, MessageSummary};
 use super::reply::{Reply, ReplyParser};
 use crate::auth::{FingerprintKey, REDACTED, Recorded, Redaction, SaslSession};
-use crate::record::format::{CommandRecord, Exchange, MessageRecord, ReplyRecord};
+use crate::record::format::{CommandRecord, Exchange, MessageRecord, NoteKind, ReplyRecord};
 use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -40,7 +40,7 @@ pub trait Output {
     /// Message content as delivered (dot-stuffing removed), in order.
     fn content(&mut self, chunk: &[u8]);
     /// An observation that is not an exchange, with the bytes it concerns.
-    fn note(&mut self, t: String, text: String, data: Option<&[u8]>);
+    fn note(&mut self, t: String, kind: NoteKind, text: String, data: Option<&[u8]>);
 }
 
 /// Maps monotonic instants to the UTC wall-clock strings of the record.
@@ -322,7 +322,7 @@ impl Observer {
                 // RFC 3207 §5: nothing the server sent before the handshake counts.
                 let rest = &input[at..];
                 let text = format!("the server sent {} bytes after its 220 to STARTTLS; discarded", rest.len());
-                out.note(self.clock.wall(now), text, Some(rest));
+                out.note(self.clock.wall(now), NoteKind::ServerAfterStarttls, text, Some(rest));
                 break;
             }
             let front = self.pending.front();
@@ -349,12 +349,12 @@ impl Observer {
                 match ehlo::with_starttls(&held, offer) {
                     Some(edited) => {
                         forward.insert(&edited);
-                        let what = if offer { "added to" } else { "removed from" };
-                        out.note(
-                            self.clock.wall(now),
-                            format!("STARTTLS {what} the EHLO reply relayed to the client"),
-                            None,
-                        );
+                        let (kind, what) = match offer {
+                            true => (NoteKind::StarttlsOffered, "added to"),
+                            false => (NoteKind::StarttlsWithdrawn, "removed from"),
+                        };
+                        let text = format!("STARTTLS {what} the EHLO reply relayed to the client");
+                        out.note(self.clock.wall(now), kind, text, None);
                     }
                     None => forward.insert(&held),
                 }
@@ -451,15 +451,17 @@ impl Observer {
         if !self.held.is_empty() {
             let t = self.clock.wall(self.held_since.unwrap_or(now));
             let held = std::mem::take(&mut self.held);
-            self.note_bytes(t, format!("the client sent {} bytes that no reply came for", held.len()), &held, out);
+            let text = format!("the client sent {} bytes that no reply came for", held.len());
+            self.note_bytes(t, NoteKind::UnansweredClientData, text, &held, out);
         }
         if self.held_dropped > 0 {
             let text =
                 format!("{} further client bytes were relayed but not kept (over the hold limit)", self.held_dropped);
-            out.note(self.clock.wall(now), text, None);
+            out.note(self.clock.wall(now), NoteKind::UnansweredClientData, text, None);
         }
         if !self.replies.is_idle() {
-            out.note(self.clock.wall(now), "the server closed in the middle of a reply".into(), None);
+            let text = "the server closed in the middle of a reply".into();
+            out.note(self.clock.wall(now), NoteKind::PartialReply, text, None);
         }
     }
 
@@ -479,7 +481,7 @@ impl Observer {
                 // The CVE-2011-0411 pattern: plaintext after STARTTLS, before the handshake.
                 let text =
                     format!("the client sent {} bytes after STARTTLS, before the TLS handshake; discarded", rest.len());
-                out.note(self.clock.wall(now), text, Some(rest));
+                self.note_bytes(self.clock.wall(now), NoteKind::ClientAfterStarttls, text, rest, out);
                 forward.skip(input.len());
                 return;
             }
@@ -628,20 +630,20 @@ impl Observer {
             let t = self.clock.wall(self.held_since.take().unwrap_or(now));
             let held = std::mem::take(&mut self.held);
             let text = format!("the client sent {} bytes after STARTTLS, before its reply; discarded", held.len());
-            self.note_bytes(t, text, &held, out);
+            self.note_bytes(t, NoteKind::ClientAfterStarttls, text, &held, out);
         }
     }
 
     /// A note about client bytes that were not framed: they are kept with it
     /// unless they may carry credentials the record must not hold.
-    fn note_bytes(&self, t: String, text: String, bytes: &[u8], out: &mut impl Output) {
+    fn note_bytes(&self, t: String, kind: NoteKind, text: String, bytes: &[u8], out: &mut impl Output) {
         let auth_line = bytes
             .split(|&b| b == b'\n')
             .any(|l| l.trim_ascii_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case(b"AUTH ")));
         if self.redaction != Redaction::None && (self.sasl.is_some() || auth_line) {
-            out.note(t, format!("{text}; not kept, as they may hold credentials"), None);
+            out.note(t, kind, format!("{text}; not kept, as they may hold credentials"), None);
         } else {
-            out.note(t, format!("{text}; kept here"), Some(bytes));
+            out.note(t, kind, format!("{text}; kept here"), Some(bytes));
         }
     }
 
@@ -738,13 +740,13 @@ impl Observer {
         let t = self.clock.wall(now);
         if !self.client_tls {
             let text = "the client sent AUTH before TLS: its credentials crossed the network unencrypted";
-            out.note(t.clone(), text.into(), None);
+            out.note(t.clone(), NoteKind::AuthBeforeTls, text.into(), None);
         }
         let unused: Vec<&str> =
             self.offered_auth.iter().map(String::as_str).filter(|m| !m.eq_ignore_ascii_case(mechanism)).collect();
         if !unused.is_empty() {
             let text = format!("the server also offered AUTH {}; the client used {mechanism}", unused.join(" "));
-            out.note(t, text, None);
+            out.note(t, NoteKind::AuthMechanismsUnused, text, None);
         }
     }
 
@@ -914,9 +916,9 @@ impl<T: Output> Output for Option<T> {
             o.content(chunk);
         }
     }
-    fn note(&mut self, t: String, text: String, data: Option<&[u8]>) {
+    fn note(&mut self, t: String, kind: NoteKind, text: String, data: Option<&[u8]>) {
         if let Some(o) = self {
-            o.note(t, text, data);
+            o.note(t, kind, text, data);
         }
     }
 }
@@ -949,7 +951,7 @@ mod tests {
         fn content(&mut self, chunk: &[u8]) {
             self.contents.last_mut().expect("content after message_start").extend_from_slice(chunk);
         }
-        fn note(&mut self, _t: String, text: String, _data: Option<&[u8]>) {
+        fn note(&mut self, _t: String, _kind: NoteKind, text: String, _data: Option<&[u8]>) {
             self.notes.push(text);
         }
     }
