@@ -26,12 +26,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,8 +45,6 @@ const ASCII_USER: &str = "smtplib@example.com";
 const ASCII_PASSWORD: &str = "Asc11-0nly-s3cret!";
 const ASCII_WRONG: &str = "Asc11-wr0ng-guess";
 
-const FROM: &str = "a@x.test";
-const TO: &str = "b@y.test";
 const MESSAGE: &[u8] = b"From: <a@x.test>\r\nTo: <b@y.test>\r\nSubject: auth test\r\n\r\nhello\r\n";
 
 fn b64(bytes: &[u8]) -> String {
@@ -58,99 +54,6 @@ fn b64(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------
-
-/// A peer process, killed and reaped when dropped — also when a test panics.
-struct ChildGuard {
-    child: Child,
-}
-
-impl ChildGuard {
-    /// Spawns `cmd`; a program that is not installed fails the test.
-    fn spawn(cmd: &mut Command, what: &str) -> ChildGuard {
-        match cmd.spawn() {
-            Ok(child) => ChildGuard { child },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("{what} is not installed; run scripts/test, which installs the test peers")
-            }
-            Err(e) => panic!("cannot start {what}: {e}"),
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn peer_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
-}
-
-fn read_text(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-fn output_text(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// Reads the child's stdout on a thread until a line starts with `prefix`;
-/// returns the rest of that line. The thread keeps draining stdout after.
-fn await_ready_line(child: &mut Child, prefix: &'static str, what: &str, stderr: &Path) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(prefix).filter(|_| !sent) {
-                let _ = tx.send(rest.to_owned());
-                sent = true;
-            }
-        }
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(rest) => rest,
-        Err(e) => panic!("{what} did not print `{prefix}…` ({e}); stderr:\n{}", read_text(stderr)),
-    }
-}
-
-/// A self-signed certificate for `localhost` and 127.0.0.1 made by openssl,
-/// as `(cert.pem, key.pem)` in `dir`, marked `CA:FALSE`.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("server.pem");
-    let key = dir.join("server-key.pem");
-    let out = run_peer(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-days",
-            "2",
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&cert),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "openssl req failed:\n{}", output_text(&out));
-    (cert, key)
-}
 
 /// aiosmtpd checking passwords (tests/peers/aiosmtpd_auth.py): `USER` with
 /// `PASSWORD` and `ASCII_USER` with `ASCII_PASSWORD`, nothing else.
@@ -176,19 +79,12 @@ impl AuthServer {
         cmd.arg(&out).arg(&credentials);
         let mut cert = None;
         if starttls {
-            let (c, k) = self_signed(dir.path());
+            let (c, k) = self_signed(dir.path(), "server");
             cmd.arg(&c).arg(&k);
             cert = Some(c);
         }
-        let mut child = ChildGuard::spawn(
-            cmd.stdin(Stdio::piped()) // closed when the guard kills it; the script also stops on EOF
-                .stdout(Stdio::piped())
-                .stderr(File::create(&stderr).unwrap()),
-            "python3",
-        );
-        let port = await_ready_line(&mut child.child, "ready ", "aiosmtpd_auth.py", &stderr);
-        let port: u16 = port.trim().parse().expect("port after `ready`");
-        AuthServer { _child: child, addr: SocketAddr::from(([127, 0, 0, 1], port)), dir, cert }
+        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_auth.py", &stderr);
+        AuthServer { _child: child, addr, dir, cert }
     }
 
     fn upstream(&self) -> String {
@@ -264,17 +160,7 @@ impl TracedProxy {
 
     /// Waits until `n` recordings have their `end` line; returns them, oldest first.
     fn sessions(&self, n: usize) -> Vec<Vec<Value>> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let sessions = read_dir_sessions(&self.dir.path().join("recordings"));
-            let ended = sessions.iter().filter(|s| s.last().is_some_and(|r| r["type"] == "end")).count();
-            if ended >= n {
-                assert_eq!(sessions.len(), n, "more recordings than expected");
-                return sessions;
-            }
-            assert!(Instant::now() < deadline, "only {ended} of {n} sessions ended; stderr:\n{}", self.stderr());
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_sessions(&self.dir.path().join("recordings"), n, || self.stderr())
     }
 }
 

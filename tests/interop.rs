@@ -15,24 +15,12 @@ use common::*;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::Command;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// These tests are about plaintext relaying; say so rather than rely on defaults.
-const PLAINTEXT: [&str; 4] = ["--client-tls", "off", "--upstream-tls", "off"];
-
-const FROM: &str = "a@x.test";
-const TO: &str = "b@y.test";
 
 /// The proxy, relaying to `upstream` or to its built-in test server.
 fn start_proxy(upstream: Option<SocketAddr>) -> Proxy {
@@ -44,50 +32,6 @@ fn start_proxy(upstream: Option<SocketAddr>) -> Proxy {
     Proxy::start(&args)
 }
 
-/// A peer process, killed and reaped when dropped — also when a test panics.
-struct ChildGuard {
-    child: Child,
-}
-
-impl ChildGuard {
-    /// Spawns `cmd`; a program that is not installed fails the test.
-    fn spawn(cmd: &mut Command, what: &str) -> ChildGuard {
-        match cmd.spawn() {
-            Ok(child) => ChildGuard { child },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("{what} is not installed; run scripts/test, which installs the test peers")
-            }
-            Err(e) => panic!("cannot start {what}: {e}"),
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn peer_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
-}
-
-fn read_text(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
-/// Panics with the peer's output unless it exited 0.
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Up to 2,000 octets of `bytes`, for failure messages.
 fn preview(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned()
@@ -95,10 +39,6 @@ fn preview(bytes: &[u8]) -> String {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn want(list: &[(&str, u64)]) -> Vec<(String, u64)> {
-    list.iter().map(|(v, c)| ((*v).to_owned(), *c)).collect()
 }
 
 /// The summary of a plain one-message session after EHLO (or `hello`).
@@ -178,33 +118,6 @@ fn command_line<'a>(session: &'a [Value], verb: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {verb} in the recording"))
 }
 
-/// Reads the child's stdout on a thread until a line starts with `prefix`;
-/// returns the rest of that line. The thread keeps draining stdout after.
-fn await_ready_line(child: &mut Child, prefix: &'static str, what: &str, stderr: &Path) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(prefix).filter(|_| !sent) {
-                let _ = tx.send(rest.to_owned());
-                sent = true;
-            }
-        }
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(rest) => rest,
-        Err(e) => panic!("{what} did not print `{prefix}…` ({e}); stderr:\n{}", read_text(stderr)),
-    }
-}
-
-/// Writes `content` to a fresh file in `dir`.
-fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).expect("write temp file");
-    path
-}
-
 // ---------------------------------------------------------------------------
 // Peers
 // ---------------------------------------------------------------------------
@@ -282,97 +195,21 @@ impl Aiosmtpd {
         let messages = dir.path().join("messages");
         std::fs::create_dir(&messages).unwrap();
         let stderr = dir.path().join("stderr");
-        let mut child = ChildGuard::spawn(
-            Command::new("python3")
-                .arg(peer_script("aiosmtpd_capture.py"))
-                .arg(&messages)
-                .stdin(Stdio::piped()) // closed when the guard kills it; the script also stops on EOF
-                .stdout(Stdio::piped())
-                .stderr(File::create(&stderr).unwrap()),
-            "python3",
-        );
-        let port = await_ready_line(&mut child.child, "ready ", "aiosmtpd_capture.py", &stderr);
-        let port: u16 = port.trim().parse().expect("port after `ready`");
-        Aiosmtpd { _child: child, addr: SocketAddr::from(([127, 0, 0, 1], port)), dir }
+        let mut cmd = Command::new("python3");
+        cmd.arg(peer_script("aiosmtpd_capture.py")).arg(&messages);
+        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_capture.py", &stderr);
+        Aiosmtpd { _child: child, addr, dir }
     }
 
     /// Waits until exactly `n` messages have been stored; returns them in order.
     fn messages(&self, n: usize) -> Vec<Vec<u8>> {
-        let dir = self.dir.path().join("messages");
-        let deadline = Instant::now() + PATIENCE;
-        while !dir.join(format!("msg-{}.eml", n - 1)).exists() {
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd stored fewer than {n} messages; stderr:\n{}",
-                read_text(&self.dir.path().join("stderr"))
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!dir.join(format!("msg-{n}.eml")).exists(), "aiosmtpd stored more than {n} messages");
-        (0..n).map(|i| std::fs::read(dir.join(format!("msg-{i}.eml"))).unwrap()).collect()
+        wait_messages(&self.dir.path().join("messages"), n, &self.dir.path().join("stderr"))
     }
 }
-
-const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 
 /// Postfix smtp-sink as the upstream: accepts and discards, pipelining its replies.
-struct SmtpSink {
-    _child: ChildGuard,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start() -> SmtpSink {
-        // smtp-sink wants a port number: take a free one and release it. Some
-        // other socket may grab it before smtp-sink binds; then try another.
-        for _ in 0..5 {
-            if let Some(sink) = Self::try_start(dead_address()) {
-                return sink;
-            }
-        }
-        panic!("smtp-sink found no free port in 5 attempts");
-    }
-
-    /// Starts smtp-sink on `addr` and waits for its greeting; `None` when the
-    /// port was taken meanwhile.
-    fn try_start(addr: SocketAddr) -> Option<SmtpSink> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let stderr = dir.path().join("stderr");
-        let mut child = ChildGuard::spawn(
-            Command::new(SMTP_SINK)
-                .args(["-u", "nobody", "-c", &addr.to_string(), "100"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&stderr).unwrap()),
-            "smtp-sink (Postfix)",
-        );
-        // Ready once it greets; bounded, in case it never does.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.child.try_wait().unwrap() {
-                let err = read_text(&stderr);
-                if err.contains("Address already in use") {
-                    return None;
-                }
-                panic!("smtp-sink exited ({status}); stderr:\n{err}");
-            }
-            if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut greeting = String::new();
-                let _ = BufReader::new(&stream).read_line(&mut greeting);
-                if !greeting.contains("smtp-sink") {
-                    // Something else holds the port; smtp-sink will fail to bind.
-                    continue;
-                }
-                assert!(greeting.starts_with("220 "), "smtp-sink greeted {greeting:?}");
-                let _ = stream.write_all(b"QUIT\r\n");
-                return Some(SmtpSink { _child: child, addr, _dir: dir });
-            }
-            assert!(Instant::now() < deadline, "smtp-sink did not greet on {addr}; stderr:\n{}", read_text(&stderr));
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn smtp_sink() -> SmtpSink {
+    SmtpSink::start(&["-u", "nobody", "-c"], "smtp-sink")
 }
 
 // ---------------------------------------------------------------------------
@@ -741,7 +578,7 @@ fn bdat_chunks_with_binary_content_to_builtin_server() {
 
 #[test]
 fn swaks_through_proxy_to_smtp_sink() {
-    let sink = SmtpSink::start();
+    let sink = smtp_sink();
     let proxy = start_proxy(Some(sink.addr));
     let runs: [&[&str]; 3] = [&[], &["--pipeline"], &["--pipeline", "--body", "one\n.two\n..three\n.\nfour"]];
     let transcripts: Vec<String> = runs.iter().map(|extra| swaks(proxy.addr, extra)).collect();
@@ -774,7 +611,7 @@ fn swaks_through_proxy_to_smtp_sink() {
 
 #[test]
 fn smtp_source_load_through_proxy_to_smtp_sink() {
-    let sink = SmtpSink::start();
+    let sink = smtp_sink();
     let proxy = start_proxy(Some(sink.addr));
     let target = proxy.addr.to_string();
     let out = run_peer(
@@ -813,7 +650,7 @@ fn smtp_source_load_through_proxy_to_smtp_sink() {
 
 #[test]
 fn smtp_source_many_messages_in_one_session_to_smtp_sink() {
-    let sink = SmtpSink::start();
+    let sink = smtp_sink();
     let proxy = start_proxy(Some(sink.addr));
     let target = proxy.addr.to_string();
     // -d: one session for all 10 messages; -r 3: three recipients each.

@@ -20,93 +20,19 @@ use common::*;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A peer process, killed and reaped when dropped — also when a test panics.
-struct ChildGuard {
-    child: Child,
-}
-
-impl ChildGuard {
-    fn spawn(cmd: &mut Command, what: &str) -> ChildGuard {
-        match cmd.spawn() {
-            Ok(child) => ChildGuard { child },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("{what} is not installed; run scripts/test, which installs the test peers")
-            }
-            Err(e) => panic!("cannot start {what}: {e}"),
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn peer_script(name: &str) -> PathBuf {
-    Path::new(MANIFEST).join("tests/peers").join(name)
-}
-
-fn read_text(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-}
-
-/// Reads the child's stdout on a thread until a line starts with `prefix`.
-fn await_ready_line(child: &mut Child, prefix: &'static str, what: &str, stderr: &Path) -> String {
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(prefix).filter(|_| !sent) {
-                let _ = tx.send(rest.to_owned());
-                sent = true;
-            }
-        }
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(rest) => rest,
-        Err(e) => panic!("{what} did not print `{prefix}…` ({e}); stderr:\n{}", read_text(stderr)),
-    }
-}
 
 /// Runs `smtptap ARGS` in the crate's directory, output piped.
 fn smtptap(args: &[&str]) -> Output {
@@ -196,68 +122,15 @@ impl Policy {
         let user = format!("{}:{}", Self::USER, Self::PASSWORD);
         let mut cmd = Command::new("python3");
         cmd.arg(peer_script("aiosmtpd_policy.py")).args(["--user", &user]).args(extra);
-        let mut child = ChildGuard::spawn(
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(File::create(&stderr).unwrap()),
-            "python3",
-        );
-        let port = await_ready_line(&mut child.child, "ready ", "aiosmtpd_policy.py", &stderr);
-        let port: u16 = port.trim().parse().expect("port after `ready`");
-        Policy { _child: child, addr: SocketAddr::from(([127, 0, 0, 1], port)), _dir: dir }
+        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_policy.py", &stderr);
+        Policy { _child: child, addr, _dir: dir }
     }
 }
 
 /// Postfix smtp-sink with `flags` (`-8`: no 8BITMIME, `-p`: no PIPELINING).
-struct SmtpSink {
-    _child: ChildGuard,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start(flags: &[&str]) -> SmtpSink {
-        for _ in 0..5 {
-            if let Some(sink) = Self::try_start(dead_address(), flags) {
-                return sink;
-            }
-        }
-        panic!("smtp-sink found no free port in 5 attempts");
-    }
-
-    fn try_start(addr: SocketAddr, flags: &[&str]) -> Option<SmtpSink> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let stderr = dir.path().join("stderr");
-        let mut child = ChildGuard::spawn(
-            Command::new("/usr/sbin/smtp-sink")
-                .args(flags)
-                .args(["-u", "nobody", "-h", "sink.test", &addr.to_string(), "100"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&stderr).unwrap()),
-            "smtp-sink (Postfix)",
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.child.try_wait().unwrap() {
-                let err = read_text(&stderr);
-                if err.contains("Address already in use") {
-                    return None;
-                }
-                panic!("smtp-sink exited ({status}); stderr:\n{err}");
-            }
-            if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut greeting = String::new();
-                let _ = BufReader::new(&stream).read_line(&mut greeting);
-                if !greeting.contains("sink.test") {
-                    continue;
-                }
-                let _ = stream.write_all(b"QUIT\r\n");
-                return Some(SmtpSink { _child: child, addr, _dir: dir });
-            }
-            assert!(Instant::now() < deadline, "smtp-sink did not greet on {addr}; stderr:\n{}", read_text(&stderr));
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn smtp_sink(flags: &[&str]) -> SmtpSink {
+    let args = [flags, &["-u", "nobody", "-h", "sink.test"]].concat();
+    SmtpSink::start(&args, "sink.test")
 }
 
 /// swaks against `addr` with `extra` flags; its output, whatever the status.
@@ -302,8 +175,6 @@ fn captured(proxy: Proxy, peers: Vec<Box<dyn std::any::Any>>) -> Captured {
     assert_eq!(files.len(), 1);
     Captured { path: files[0].clone(), _proxy: proxy, _peers: peers }
 }
-
-const PLAINTEXT: [&str; 4] = ["--client-tls", "off", "--upstream-tls", "off"];
 
 fn ca(proxy: &Proxy) -> String {
     path_str(&proxy.ca_cert()).to_owned()
@@ -445,7 +316,7 @@ fn curl_no_date() -> Captured {
 /// smtplib sending bytes with a bare LF, a bare CR, a long line and 8-bit
 /// text to a server without 8BITMIME (smtp-sink -8).
 fn smtplib_bare_lf() -> Captured {
-    let sink = SmtpSink::start(&["-8"]);
+    let sink = smtp_sink(&["-8"]);
     let up = sink.addr.to_string();
     let proxy = Proxy::start(&[&PLAINTEXT[..], &["--upstream", &up]].concat());
     let code = r#"
@@ -529,7 +400,7 @@ fn swaks_starttls_required() -> Captured {
 /// pipelines MAIL, RCPT and DATA to a server without PIPELINING (smtp-sink
 /// -p, greeting a second late so that the client surely speaks first).
 fn raw_early_talker() -> Captured {
-    let sink = SmtpSink::start(&["-p", "-W", "CONNECT:1"]);
+    let sink = smtp_sink(&["-p", "-W", "CONNECT:1"]);
     let up = sink.addr.to_string();
     let proxy = Proxy::start(&[&PLAINTEXT[..], &["--upstream", &up]].concat());
     let mut client = RawClient::connect(proxy.addr);
@@ -720,7 +591,7 @@ fn bare_lf_bare_cr_long_lines_and_8bit_without_8bitmime() {
 
 #[test]
 fn without_bodies_line_checks_are_skipped_with_an_info() {
-    let sink = SmtpSink::start(&["-8"]);
+    let sink = smtp_sink(&["-8"]);
     let up = sink.addr.to_string();
     let proxy = Proxy::start(&[&PLAINTEXT[..], &["--upstream", &up, "--no-bodies"]].concat());
     let code = r#"

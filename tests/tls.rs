@@ -21,151 +21,16 @@ use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::Value;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-const FROM: &str = "a@x.test";
-const TO: &str = "b@y.test";
-
-/// A peer process, killed and reaped when dropped — also when a test panics.
-struct ChildGuard {
-    child: Child,
-}
-
-impl ChildGuard {
-    /// Spawns `cmd`; a program that is not installed fails the test.
-    fn spawn(cmd: &mut Command, what: &str) -> ChildGuard {
-        match cmd.spawn() {
-            Ok(child) => ChildGuard { child },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("{what} is not installed; run scripts/test, which installs the test peers")
-            }
-            Err(e) => panic!("cannot start {what}: {e}"),
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn peer_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
-}
-
-fn read_text(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Panics with the peer's output unless it exited 0.
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-}
-
-/// Panics with the peer's output if it exited 0.
-fn assert_failure(out: &Output, what: &str) {
-    assert!(!out.status.success(), "{what} should have failed:\nstdout:\n{}\nstderr:\n{}", stdout(out), stderr(out));
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-fn want(list: &[(&str, u64)]) -> Vec<(String, u64)> {
-    list.iter().map(|(v, c)| ((*v).to_owned(), *c)).collect()
-}
-
-/// Reads the child's stdout on a thread until a line starts with `prefix`;
-/// returns the rest of that line. The thread keeps draining stdout after.
-fn await_ready_line(child: &mut Child, prefix: &'static str, what: &str, stderr: &Path) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(prefix).filter(|_| !sent) {
-                let _ = tx.send(rest.to_owned());
-                sent = true;
-            }
-        }
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(rest) => rest,
-        Err(e) => panic!("{what} did not print `{prefix}…` ({e}); stderr:\n{}", read_text(stderr)),
-    }
-}
-
-/// A self-signed certificate for `localhost` and 127.0.0.1 made by openssl,
-/// as `(cert.pem, key.pem)` in `dir`, marked `CA:FALSE`.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    self_signed_with(dir, name, "basicConstraints=critical,CA:FALSE")
-}
-
-/// As [`self_signed`], with the given basicConstraints extension (`openssl
-/// req -x509` makes `CA:TRUE` by default, as many users' certificates are).
-fn self_signed_with(dir: &Path, name: &str, constraints: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}-key.pem"));
-    let out = run_peer(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-addext",
-            constraints,
-            "-days",
-            "2",
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&cert),
-        ],
-        None,
-    );
-    assert_success(&out, "openssl req");
-    (cert, key)
-}
-
-/// Writes `content` to a fresh file in `dir`.
-fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, content).expect("write temp file");
-    path
-}
 
 /// A message with what TLS must carry unchanged: leading dots, UTF-8, a long line.
 fn test_message(subject: &str) -> Vec<u8> {
@@ -392,15 +257,8 @@ impl Aiosmtpd {
         if mode != "none" {
             cmd.arg(&cert).arg(&key);
         }
-        let mut child = ChildGuard::spawn(
-            cmd.stdin(Stdio::piped()) // closed when the guard kills it; the script also stops on EOF
-                .stdout(Stdio::piped())
-                .stderr(File::create(&stderr).unwrap()),
-            "python3",
-        );
-        let port = await_ready_line(&mut child.child, "ready ", "aiosmtpd_tls.py", &stderr);
-        let port: u16 = port.trim().parse().expect("port after `ready`");
-        Aiosmtpd { _child: child, addr: SocketAddr::from(([127, 0, 0, 1], port)), dir, cert }
+        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_tls.py", &stderr);
+        Aiosmtpd { _child: child, addr, dir, cert }
     }
 
     fn upstream(&self) -> String {
@@ -413,18 +271,7 @@ impl Aiosmtpd {
 
     /// Waits until exactly `n` messages have been stored; returns them in order.
     fn messages(&self, n: usize) -> Vec<Vec<u8>> {
-        let dir = self.dir.path().join("out");
-        let deadline = Instant::now() + PATIENCE;
-        while n > 0 && !dir.join(format!("msg-{}.eml", n - 1)).exists() {
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd stored fewer than {n} messages; stderr:\n{}",
-                read_text(&self.dir.path().join("stderr"))
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!dir.join(format!("msg-{n}.eml")).exists(), "aiosmtpd stored more than {n} messages");
-        (0..n).map(|i| std::fs::read(dir.join(format!("msg-{i}.eml"))).unwrap()).collect()
+        wait_messages(&self.dir.path().join("out"), n, &self.dir.path().join("stderr"))
     }
 
     /// Every command aiosmtpd received, as `tls=0|1 LINE`.

@@ -4,10 +4,11 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use serde_json::Value;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -102,17 +103,7 @@ impl Proxy {
     /// Waits until `n` recordings exist and each has its `end` line; returns them
     /// parsed, oldest first.
     pub fn sessions(&self, n: usize) -> Vec<Vec<Value>> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let sessions = read_dir_sessions(&self.record_dir());
-            let ended = sessions.iter().filter(|s| s.last().is_some_and(|r| r["type"] == "end")).count();
-            if ended >= n {
-                assert_eq!(sessions.len(), n, "more recordings than expected");
-                return sessions;
-            }
-            assert!(Instant::now() < deadline, "only {ended} of {n} sessions ended; stderr:\n{}", self.stderr());
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_sessions(&self.record_dir(), n, || self.stderr())
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -142,6 +133,22 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
         }
         assert!(Instant::now() < deadline, "process did not exit");
         thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `n` recordings in `dir` exist and each has its `end` line;
+/// returns them parsed, oldest first (`stderr` gives the process's log on failure).
+pub fn wait_sessions(dir: &Path, n: usize, stderr: impl Fn() -> String) -> Vec<Vec<Value>> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let sessions = read_dir_sessions(dir);
+        let ended = sessions.iter().filter(|s| s.last().is_some_and(|r| r["type"] == "end")).count();
+        if ended >= n {
+            assert_eq!(sessions.len(), n, "more recordings than expected");
+            return sessions;
+        }
+        assert!(Instant::now() < deadline, "only {ended} of {n} sessions ended; stderr:\n{}", stderr());
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -317,5 +324,242 @@ pub fn run_peer(program: &str, args: &[&str], input: Option<&[u8]>) -> std::proc
         Some(127) => panic!("{program} is not installed; run scripts/test, which installs the test peers"),
         Some(124) => panic!("{program} did not finish within 120 s; stderr:\n{}", String::from_utf8_lossy(&out.stderr)),
         _ => out,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Peer processes and their output
+// ---------------------------------------------------------------------------
+
+/// The envelope sender the peer tests use.
+pub const FROM: &str = "a@x.test";
+/// The envelope recipient the peer tests use.
+pub const TO: &str = "b@y.test";
+
+/// Proxy flags for plaintext on both sides, rather than relying on defaults.
+pub const PLAINTEXT: [&str; 4] = ["--client-tls", "off", "--upstream-tls", "off"];
+
+/// A peer process, killed and reaped when dropped — also when a test panics.
+pub struct ChildGuard {
+    pub child: Child,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`; a program that is not installed fails the test.
+    pub fn spawn(cmd: &mut Command, what: &str) -> ChildGuard {
+        match cmd.spawn() {
+            Ok(child) => ChildGuard { child },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("{what} is not installed; run scripts/test, which installs the test peers")
+            }
+            Err(e) => panic!("cannot start {what}: {e}"),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of `name` in tests/peers.
+pub fn peer_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
+}
+
+/// A file's content as text (lossy); empty when it cannot be read.
+pub fn read_text(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// A path as `&str`, for command-line arguments; panics unless it is UTF-8.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// Writes `content` to a fresh file in `dir`.
+pub fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write temp file");
+    path
+}
+
+/// A process's standard output as text (lossy).
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A process's standard error as text (lossy).
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A process's standard output and error, labelled, for failure messages.
+pub fn output_text(out: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
+}
+
+/// Panics with the peer's output unless it exited 0.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, output_text(out));
+}
+
+/// Panics with the peer's output if it exited 0.
+pub fn assert_failure(out: &Output, what: &str) {
+    assert!(!out.status.success(), "{what} should have failed:\n{}", output_text(out));
+}
+
+/// `(verb, code)` pairs as owned strings, to compare with [`summary`].
+pub fn want(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(v, c)| ((*v).to_owned(), *c)).collect()
+}
+
+/// Reads the child's stdout on a thread until a line starts with `prefix`;
+/// returns the rest of that line. The thread keeps draining stdout after.
+pub fn await_ready_line(child: &mut Child, prefix: &'static str, what: &str, stderr: &Path) -> String {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix).filter(|_| !sent) {
+                let _ = tx.send(rest.to_owned());
+                sent = true;
+            }
+        }
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(rest) => rest,
+        Err(e) => panic!("{what} did not print `{prefix}…` ({e}); stderr:\n{}", read_text(stderr)),
+    }
+}
+
+/// Spawns a tests/peers Python script (`cmd`, named `script`) with stdin
+/// piped (closed when the guard kills it; the scripts also stop on EOF),
+/// stdout piped and stderr into `stderr`; waits for its `ready PORT` line
+/// and returns the guard and 127.0.0.1:PORT.
+pub fn spawn_ready_peer(cmd: &mut Command, script: &str, stderr: &Path) -> (ChildGuard, SocketAddr) {
+    let mut child = ChildGuard::spawn(
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(File::create(stderr).unwrap()),
+        "python3",
+    );
+    let port = await_ready_line(&mut child.child, "ready ", script, stderr);
+    let port: u16 = port.trim().parse().expect("port after `ready`");
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Waits until exactly `n` messages `msg-0.eml`… are stored in `dir` (by a
+/// tests/peers script logging to `stderr`); returns them in order.
+pub fn wait_messages(dir: &Path, n: usize, stderr: &Path) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + PATIENCE;
+    while n > 0 && !dir.join(format!("msg-{}.eml", n - 1)).exists() {
+        assert!(Instant::now() < deadline, "aiosmtpd stored fewer than {n} messages; stderr:\n{}", read_text(stderr));
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!dir.join(format!("msg-{n}.eml")).exists(), "aiosmtpd stored more than {n} messages");
+    (0..n).map(|i| std::fs::read(dir.join(format!("msg-{i}.eml"))).unwrap()).collect()
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 made by openssl,
+/// as `(NAME.pem, NAME-key.pem)` in `dir`, marked `CA:FALSE`.
+pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    self_signed_with(dir, name, "basicConstraints=critical,CA:FALSE")
+}
+
+/// As [`self_signed`], with the given basicConstraints extension (`openssl
+/// req -x509` makes `CA:TRUE` by default, as many users' certificates are).
+pub fn self_signed_with(dir: &Path, name: &str, constraints: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let out = run_peer(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            constraints,
+            "-days",
+            "2",
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&cert),
+        ],
+        None,
+    );
+    assert_success(&out, "openssl req");
+    (cert, key)
+}
+
+/// Postfix smtp-sink as the upstream: accepts and discards.
+pub struct SmtpSink {
+    _child: ChildGuard,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    /// Runs `smtp-sink ARGS ADDR 100` on a free loopback port, ready once it
+    /// greets `220` with a line containing `marker`.
+    pub fn start(args: &[&str], marker: &str) -> SmtpSink {
+        // smtp-sink wants a port number: take a free one and release it. Some
+        // other socket may grab it before smtp-sink binds; then try another.
+        for _ in 0..5 {
+            if let Some(sink) = Self::try_start(dead_address(), args, marker) {
+                return sink;
+            }
+        }
+        panic!("smtp-sink found no free port in 5 attempts");
+    }
+
+    /// Starts smtp-sink on `addr` and waits for its greeting; `None` when the
+    /// port was taken meanwhile.
+    fn try_start(addr: SocketAddr, args: &[&str], marker: &str) -> Option<SmtpSink> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stderr = dir.path().join("stderr");
+        let mut child = ChildGuard::spawn(
+            Command::new("/usr/sbin/smtp-sink")
+                .args(args)
+                .arg(addr.to_string())
+                .arg("100")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&stderr).unwrap()),
+            "smtp-sink (Postfix)",
+        );
+        // Ready once it greets; bounded, in case it never does.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.child.try_wait().unwrap() {
+                let err = read_text(&stderr);
+                if err.contains("Address already in use") {
+                    return None;
+                }
+                panic!("smtp-sink exited ({status}); stderr:\n{err}");
+            }
+            if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut greeting = String::new();
+                let _ = BufReader::new(&stream).read_line(&mut greeting);
+                if !greeting.contains(marker) {
+                    // Something else holds the port; smtp-sink will fail to bind.
+                    continue;
+                }
+                assert!(greeting.starts_with("220 "), "smtp-sink greeted {greeting:?}");
+                let _ = stream.write_all(b"QUIT\r\n");
+                return Some(SmtpSink { _child: child, addr, _dir: dir });
+            }
+            assert!(Instant::now() < deadline, "smtp-sink did not greet on {addr}; stderr:\n{}", read_text(&stderr));
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }

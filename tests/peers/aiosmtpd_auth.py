@@ -22,21 +22,18 @@ import asyncio
 import hmac
 import os
 import secrets
-import signal
-import socket
 import ssl
 import sys
-import threading
 import time
 
+import peerlib
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, auth_mechanism
 
 
-class Handler:
+class Handler(peerlib.Capture):
     def __init__(self, outdir, credentials):
-        self.outdir = outdir
+        super().__init__(outdir)
         self.credentials = credentials
-        self.count = 0
 
     def log_auth(self, server, mechanism, user, ok):
         transport = server.transport
@@ -70,16 +67,6 @@ class Handler:
         self.log_auth(server, "CRAM-MD5", user, ok)
         return AuthResult(success=ok, handled=False, auth_data=LoginPassword(user, b""))
 
-    async def handle_DATA(self, server, session, envelope):
-        n = self.count
-        self.count += 1
-        final = os.path.join(self.outdir, f"msg-{n}.eml")
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(envelope.original_content)
-        os.rename(tmp, final)
-        return "250 2.0.0 Ok: stored as msg-%d" % n
-
 
 def read_credentials(path):
     credentials = {}
@@ -92,23 +79,7 @@ def read_credentials(path):
 
 
 async def main(mode, outdir, credentials, cert, key):
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def finish():
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, finish)
-
-    # Stop when the test (our parent) closes stdin or dies.
-    def watch_stdin():
-        while os.read(0, 4096):
-            pass
-        loop.call_soon_threadsafe(finish)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    stop = peerlib.stop_signal()
 
     tls_context = None
     if mode == "starttls":
@@ -116,11 +87,9 @@ async def main(mode, outdir, credentials, cert, key):
         tls_context.load_cert_chain(cert, key)
     open(os.path.join(outdir, "auth.log"), "w").close()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
     handler = Handler(outdir, credentials)
-    server = await loop.create_server(
+    await peerlib.serve(
+        stop,
         lambda: SMTP(
             handler,
             hostname="aiosmtpd.test",
@@ -130,13 +99,7 @@ async def main(mode, outdir, credentials, cert, key):
             auth_require_tls=False,
             authenticator=handler.authenticator,
         ),
-        sock=sock,
     )
-    port = sock.getsockname()[1]
-    print(f"ready {port}", flush=True)
-    await stop
-    server.close()
-    await server.wait_closed()
 
 
 if __name__ == "__main__":

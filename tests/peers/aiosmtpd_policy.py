@@ -21,12 +21,9 @@ SIGTERM/SIGINT arrives.
 
 import argparse
 import asyncio
-import os
-import signal
-import socket
 import ssl
-import threading
 
+import peerlib
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 LOCAL_DOMAIN = "local.test"
@@ -57,23 +54,7 @@ class Handler:
 
 
 async def main(args):
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def finish():
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, finish)
-
-    # Stop when the test (our parent) closes stdin or dies.
-    def watch_stdin():
-        while os.read(0, 4096):
-            pass
-        loop.call_soon_threadsafe(finish)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    stop = peerlib.stop_signal()
 
     user, password = (args.user.split(":", 1) if args.user else (None, None))
     handler = Handler(user, password)
@@ -85,10 +66,8 @@ async def main(args):
     if args.size:
         kwargs["data_size_limit"] = args.size
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = await loop.create_server(
+    await peerlib.serve(
+        stop,
         lambda: SMTP(
             handler,
             hostname="policy.test",
@@ -98,12 +77,7 @@ async def main(args):
             authenticator=handler.authenticator,
             **kwargs,
         ),
-        sock=sock,
     )
-    print(f"ready {sock.getsockname()[1]}", flush=True)
-    await stop
-    server.close()
-    await server.wait_closed()
 
 
 if __name__ == "__main__":

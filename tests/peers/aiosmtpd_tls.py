@@ -19,29 +19,11 @@ file or SIGTERM/SIGINT arrives.
 
 import asyncio
 import os
-import signal
-import socket
 import ssl
 import sys
-import threading
 
+import peerlib
 from aiosmtpd.smtp import SMTP
-
-
-class Capture:
-    def __init__(self, outdir):
-        self.outdir = outdir
-        self.count = 0
-
-    async def handle_DATA(self, server, session, envelope):
-        n = self.count
-        self.count += 1
-        final = os.path.join(self.outdir, f"msg-{n}.eml")
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(envelope.original_content)
-        os.rename(tmp, final)
-        return "250 2.0.0 Ok: stored as msg-%d" % n
 
 
 class LoggingSMTP(SMTP):
@@ -72,34 +54,16 @@ def server_context(cert, key):
 
 
 async def main(mode, outdir, cert, key):
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def finish():
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, finish)
-
-    # Stop when the test (our parent) closes stdin or dies.
-    def watch_stdin():
-        while os.read(0, 4096):
-            pass
-        loop.call_soon_threadsafe(finish)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    stop = peerlib.stop_signal()
 
     tls_context = server_context(cert, key) if mode == "starttls" else None
     ssl_context = server_context(cert, key) if mode == "implicit" else None
     log_path = os.path.join(outdir, "commands.log")
     open(log_path, "w").close()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    handler = Capture(outdir)
-    server = await loop.create_server(
+    handler = peerlib.Capture(outdir)
+    await peerlib.serve(
+        stop,
         lambda: LoggingSMTP(
             handler,
             hostname="aiosmtpd.test",
@@ -108,14 +72,8 @@ async def main(mode, outdir, cert, key):
             require_starttls=False,
             log_path=log_path,
         ),
-        sock=sock,
         ssl=ssl_context,
     )
-    port = sock.getsockname()[1]
-    print(f"ready {port}", flush=True)
-    await stop
-    server.close()
-    await server.wait_closed()
 
 
 if __name__ == "__main__":
