@@ -122,7 +122,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigErro
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
-    verifier: Arc<PinnedOrWebPki>,
+    verifier: Arc<UpstreamVerifier>,
 }
 
 impl UpstreamTls {
@@ -130,33 +130,36 @@ impl UpstreamTls {
     /// checked, and the result recorded).
     pub fn new(trust: UpstreamTrust, insecure: bool) -> Result<UpstreamTls, TlsConfigError> {
         let webpki = WebPkiServerVerifier::builder_with_provider(trust.roots, provider()).build()?;
-        let verifier = Arc::new(PinnedOrWebPki { pinned: trust.pinned, webpki });
-        let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-        let builder = builder.dangerous();
-        let config = if insecure {
-            builder.with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
-        } else {
-            builder.with_custom_certificate_verifier(verifier.clone())
-        };
-        Ok(UpstreamTls { config: Arc::new(config.with_no_client_auth()), verifier })
+        let verifier = Arc::new(UpstreamVerifier { pinned: trust.pinned, webpki, insecure });
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        Ok(UpstreamTls { config: Arc::new(config), verifier })
     }
 
     /// Whether `chain` verifies for `name` against the trust anchors.
     pub fn verifies(&self, chain: &[CertificateDer<'_>], name: &ServerName<'_>) -> Result<(), rustls::Error> {
         let (leaf, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
-        self.verifier.verify_server_cert(leaf, intermediates, name, &[], UnixTime::now()).map(|_| ())
+        self.verifier.verify(leaf, intermediates, name, &[], UnixTime::now()).map(|_| ())
     }
 }
 
-/// WebPKI verification, plus exact matches of certificates the user named.
+/// WebPKI verification, plus exact matches of certificates the user named;
+/// with `--insecure-upstream`, any certificate completes the handshake
+/// (handshake signatures are still checked, so the session is at least bound
+/// to the certificate shown).
 #[derive(Debug)]
-struct PinnedOrWebPki {
+struct UpstreamVerifier {
     pinned: Vec<CertificateDer<'static>>,
     webpki: Arc<WebPkiServerVerifier>,
+    insecure: bool,
 }
 
-impl ServerCertVerifier for PinnedOrWebPki {
-    fn verify_server_cert(
+impl UpstreamVerifier {
+    /// The verdict on a certificate, whatever `insecure` says.
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -169,6 +172,22 @@ impl ServerCertVerifier for PinnedOrWebPki {
                 Ok(ServerCertVerified::assertion())
             }
             result => result,
+        }
+    }
+}
+
+impl ServerCertVerifier for UpstreamVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.verify(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(_) if self.insecure => Ok(ServerCertVerified::assertion()),
+            verdict => verdict,
         }
     }
 
@@ -192,45 +211,5 @@ impl ServerCertVerifier for PinnedOrWebPki {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `--insecure-upstream`: any certificate is accepted; handshake signatures
-/// are still checked, so the session is at least bound to that certificate.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
