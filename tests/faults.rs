@@ -618,6 +618,62 @@ fn connection_cap_refuses_with_421_then_recovers() {
     assert_eq!(end_of(&sessions[1])["reason"], "quit");
 }
 
+/// The proxy's open file descriptors and resident memory.
+fn fds_and_rss_kib(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    (fds, rss.split_whitespace().nth(1).unwrap().parse().unwrap())
+}
+
+/// 5,000 connections opened and dropped, 100 at a time, against a cap of 64:
+/// the cap answers `421`, the listener survives, and descriptors and memory
+/// come back down once the storm is over.
+#[test]
+fn connection_storm_is_capped_and_leaves_nothing_behind() {
+    let proxy = Proxy::start(&["--client-tls", "off", "--upstream-tls", "off", "--max-connections", "64"]);
+    let pid = proxy.child.id();
+    let mut warm = RawClient::connect(proxy.addr);
+    warm.read_replies(1);
+    warm.send(b"QUIT\r\n");
+    read_until_eof(&mut warm);
+    proxy.sessions(1);
+    let (fds0, rss0) = fds_and_rss_kib(pid);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut greeted, mut refused) = (0usize, 0usize);
+    for _ in 0..50 {
+        assert!(Instant::now() < deadline, "the storm took too long");
+        let mut wave: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(proxy.addr).expect("connect")).collect();
+        for conn in &mut wave {
+            conn.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut first = [0u8; 10];
+            conn.read_exact(&mut first).expect("every client hears something");
+            match &first {
+                b"220 smtpta" => greeted += 1,
+                b"421 4.7.0 " => refused += 1,
+                other => panic!("unexpected {:?}", String::from_utf8_lossy(other)),
+            }
+        }
+    }
+    eprintln!("storm: {greeted} greeted, {refused} refused");
+    assert_eq!(greeted + refused, 5000);
+    assert!(greeted >= 64 && refused > 0, "greeted {greeted}, refused {refused}");
+    wait_for("every admitted session to be recorded", || {
+        let files = recording_files(&proxy.record_dir());
+        files.len() == greeted + 1 && files.iter().all(|f| read_records(f).last().is_some_and(|r| r["type"] == "end"))
+    });
+    wait_for("descriptors back to where they were", || fds_and_rss_kib(pid).0 <= fds0 + 2);
+    let (_, rss) = fds_and_rss_kib(pid);
+    assert!(rss < rss0 + 16 * 1024, "memory grew from {rss0} KiB to {rss} KiB and stayed");
+
+    let mut after = RawClient::connect(proxy.addr);
+    after.read_replies(1);
+    after.send(b"EHLO after.test\r\nQUIT\r\n");
+    let text = String::from_utf8_lossy(&read_until_eof(&mut after)).into_owned();
+    assert!(text.contains("\r\n221 "), "still serving after the storm: {text:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Signals
 // ---------------------------------------------------------------------------
