@@ -1,9 +1,11 @@
 //! Transcript and list rendering, on crafted sessions.
 
+use super::text::fmt_ms;
 use super::*;
 use crate::check::testkit::*;
 use crate::record::format::NoteKind;
 use crate::record::format::{EndReason, Record};
+use std::path::Path;
 
 fn plain() -> Options {
     Options::default()
