@@ -618,6 +618,45 @@ fn connection_cap_refuses_with_421_then_recovers() {
     assert_eq!(end_of(&sessions[1])["reason"], "quit");
 }
 
+/// A slowloris client: each byte comes well within the idle timeout, but the
+/// command line never ends. The line itself has a deadline.
+#[test]
+fn a_command_line_dribbled_byte_by_byte_times_out() {
+    let proxy = Proxy::start(&["--idle-timeout", "1"]);
+    let mut client = RawClient::connect(proxy.addr);
+    client.read_replies(1);
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"NOOP and then some more".iter().cycle().take(40) {
+        // Time itself is under test here: 300 ms between bytes, a third of the timeout.
+        thread::sleep(Duration::from_millis(300));
+        if client.stream.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        client.stream.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut buf = [0u8; 256];
+        match client.stream.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => client.received.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(closed || client.received.windows(9).any(|w| w == b"421 4.4.2"), "the session outlived its line");
+    assert!(started.elapsed() < Duration::from_secs(8), "closed too late: {:?}", started.elapsed());
+    let session = &proxy.sessions(1)[0];
+    let end = end_of(session);
+    assert_eq!(end["reason"], "timeout");
+    let error = end["error"].as_str().unwrap();
+    assert!(error.contains("a command line took over 1 s"), "{error}");
+    let last = *exchanges(session).last().unwrap();
+    assert_eq!(last["reply"]["code"], 421);
+    assert!(last["reply"]["lines"][0].as_str().unwrap().contains("command line not completed"));
+}
+
 /// The proxy's open file descriptors and resident memory.
 fn fds_and_rss_kib(pid: u32) -> (usize, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);

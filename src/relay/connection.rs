@@ -298,7 +298,7 @@ impl Session {
             let event = tokio::select! {
                 r = client.read_buf(&mut from_client), if client_open => Event::Client(r),
                 r = upstream.read_buf(&mut from_upstream) => Event::Upstream(r),
-                () = tokio::time::sleep_until(deadline) => Event::Idle,
+                () = tokio::time::sleep_until(self.deadline(deadline, idle)) => Event::Idle,
                 _ = stop.changed() => Event::Stop,
             };
             deadline = tokio::time::Instant::now() + idle;
@@ -368,11 +368,22 @@ impl Session {
                 }
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),
                 Event::Idle => {
-                    let text = format!("4.4.2 smtptap: no data for {} s, closing connection", idle.as_secs());
+                    let secs = idle.as_secs();
+                    let slow_line = self.observer.partial_line_since().is_some_and(|t| t.elapsed() >= idle);
+                    let (text, why) = if slow_line {
+                        (
+                            format!("4.4.2 smtptap: command line not completed within {secs} s, closing connection"),
+                            format!("a command line took over {secs} s, {}", self.observer.phase()),
+                        )
+                    } else {
+                        (
+                            format!("4.4.2 smtptap: no data for {secs} s, closing connection"),
+                            format!("nothing for {secs} s, {}", self.observer.phase()),
+                        )
+                    };
                     if client_reads && self.observer.between_replies() {
                         self.say_to_client(client, 421, &text).await;
                     }
-                    let why = format!("nothing for {} s, {}", idle.as_secs(), self.observer.phase());
                     return Ending::with_error(EndReason::Timeout, why);
                 }
                 Event::Stop => {
@@ -382,6 +393,16 @@ impl Session {
                     return Ending::new(EndReason::Shutdown);
                 }
             }
+        }
+    }
+
+    /// When to give up waiting: after `idle` without a byte, or when a command
+    /// line begun `idle` ago is still unfinished (a client dribbling a line a
+    /// byte at a time would otherwise hold its session for ever).
+    fn deadline(&self, idle_deadline: tokio::time::Instant, idle: Duration) -> tokio::time::Instant {
+        match self.observer.partial_line_since() {
+            Some(since) => idle_deadline.min(tokio::time::Instant::from_std(since + idle)),
+            None => idle_deadline,
         }
     }
 

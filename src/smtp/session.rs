@@ -214,6 +214,8 @@ pub struct Observer {
     gate: Option<Vec<u8>>,
     /// An EHLO reply held back for editing.
     ehlo_reply: Vec<u8>,
+    /// When the client's unfinished command line began (slow-client defence).
+    line_since: Option<Instant>,
     /// The message whose content is being received, if any.
     message: Option<MessageDigest>,
     client_tls: bool,
@@ -248,6 +250,7 @@ impl Observer {
             held_dropped: 0,
             gate: None,
             ehlo_reply: Vec::new(),
+            line_since: None,
             message: None,
             client_tls,
             upstream_tls: false,
@@ -285,6 +288,12 @@ impl Observer {
             Mode::Commands if !self.lines.is_idle() => "waiting for the client: the rest of a command line".into(),
             Mode::Commands => "waiting for the client: its next command".into(),
         }
+    }
+
+    /// When the client's unfinished command line began, if it is sending one:
+    /// a line dribbled a byte at a time must still end in time.
+    pub fn partial_line_since(&self) -> Option<Instant> {
+        self.line_since
     }
 
     /// True while some reply (the greeting included) is still due.
@@ -515,7 +524,13 @@ impl Observer {
                 if gated && self.lines.is_idle() && self.gate.is_none() {
                     self.gate = Some(Vec::new());
                 }
+                let line_started = self.lines.is_idle();
                 let (used, complete) = self.lines.feed(input);
+                self.line_since = match (complete, line_started) {
+                    (true, _) => None,
+                    (false, true) => Some(now),
+                    (false, false) => self.line_since,
+                };
                 let end = offset + used;
                 let line_text = if complete { self.lines.line().text } else { self.lines.partial().text };
                 let intercept =
