@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -616,6 +617,55 @@ fn connection_cap_refuses_with_421_then_recovers() {
     assert!(text.contains("\r\n221 "), "{text:?}");
     let sessions = proxy.sessions(2);
     assert_eq!(end_of(&sessions[1])["reason"], "quit");
+}
+
+/// A small tmpfs, unmounted on drop (before the directory holding it goes).
+struct TinyDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount(kib: u32) -> TinyDisk {
+        let mount_point = tempfile::tempdir().unwrap();
+        let out = run_peer(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "tmpfs", path_str(mount_point.path())],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "mount a tmpfs (the tests run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TinyDisk { mount_point }
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount_point.path()).status();
+    }
+}
+
+/// A full disk stops the recording, never the mail: the message is still
+/// delivered, the log says the recording is incomplete, and what was
+/// written parses.
+#[test]
+fn a_full_disk_stops_the_recording_not_the_mail() {
+    let disk = TinyDisk::mount(64);
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(disk.mount_point.path(), dir.path().join("recordings")).unwrap();
+    let proxy = Proxy::start_in(dir, &["--client-tls", "off", "--upstream-tls", "off"]);
+    let body = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(16 * 1024); // 1.1 MB
+    one_session(proxy.addr, &body).expect("the message is delivered although the disk is full");
+    wait_for("the log line about the incomplete recording", || {
+        proxy.stderr().contains("recording failed; the session was relayed but its recording is incomplete")
+    });
+    let files = recording_files(&proxy.record_dir());
+    assert_eq!(files.len(), 1);
+    let records = read_records(&files[0]);
+    assert_eq!(records[0]["type"], "session", "what was written before the disk filled is intact");
+    drop(proxy); // before the disk goes
 }
 
 /// A slowloris client: each byte comes well within the idle timeout, but the
