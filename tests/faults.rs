@@ -668,6 +668,35 @@ fn a_full_disk_stops_the_recording_not_the_mail() {
     drop(proxy); // before the disk goes
 }
 
+/// A record directory that cannot take files any more (here: replaced by a
+/// plain file while the proxy runs) leaves sessions relayed, unrecorded, and
+/// logged as such; a record directory that cannot be made stops the start.
+#[test]
+fn an_unusable_record_directory_never_stops_the_mail() {
+    let proxy = Proxy::start(&["--client-tls", "off", "--upstream-tls", "off"]);
+    let records = proxy.record_dir();
+    std::fs::remove_dir(&records).unwrap();
+    std::fs::write(&records, b"not a directory").unwrap();
+    one_session(proxy.addr, b"still delivered\r\n").expect("the message is delivered without a recording");
+    wait_for("the log line about the unrecorded session", || {
+        proxy.stderr().contains("cannot create the recording; relaying this session unrecorded")
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, b"").unwrap();
+    let out = Command::new(BIN)
+        .args(["proxy", "--listen", "127.0.0.1:0", "--record-dir"])
+        .arg(blocked.join("recordings"))
+        .arg("--ca-dir")
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot create the recordings directory") && err.contains("--record-dir"), "{err}");
+}
+
 /// A slowloris client: each byte comes well within the idle timeout, but the
 /// command line never ends. The line itself has a deadline.
 #[test]
