@@ -1,13 +1,17 @@
 //! smtptap: a man-in-the-middle SMTP recording proxy.
 //!
 //! How the parts fit, in the order bytes flow:
-//! - [`relay`]: the sockets. Accepts clients, connects upstream, copies bytes
-//!   both ways unchanged, and hands each read to the session observer.
+//! - [`relay`]: the sockets. Accepts clients, connects upstream, makes the TLS
+//!   handshakes, and hands each read to the session observer, then relays
+//!   what it says: the very bytes read, except where the proxy intervenes
+//!   (STARTTLS, EHLO lists).
 //! - [`smtp`]: the sans-IO protocol core. Line, reply, DATA and BDAT framing,
 //!   and [`smtp::session::Observer`], which pairs commands with replies and
 //!   emits exchanges. No sockets, files or clocks below it.
 //! - [`auth`]: SASL (AUTH) decoding and redaction, sans-IO: follows an
 //!   exchange across `334` continuations and says what may be recorded.
+//! - [`tls`]: the local CA and its leaf certificates, rustls configurations
+//!   for both sides, and certificate facts for the record.
 //! - [`record`]: the recording format (version 1) and the per-session writer
 //!   that turns exchanges into JSON lines, spooling large bodies to disk.
 //! - [`server`]: the built-in test SMTP server, the default upstream.
