@@ -25,6 +25,8 @@ pub enum Cmd {
     Show(crate::show::ShowArgs),
     /// Report misconfigurations found in recordings, with advice.
     Check(crate::check::CheckArgs),
+    /// Send the client side of recordings to a server and compare its replies.
+    Replay(crate::replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]

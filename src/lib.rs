@@ -19,6 +19,8 @@
 //!   list; `--follow` tails a recordings directory.
 //! - [`check`]: findings about misconfigured clients, as pure rules over
 //!   parsed recordings ([`record::reader`]), with advice in plain words.
+//! - [`replay`]: `smtptap replay`, the client side of recordings sent to a
+//!   target server, its replies compared with the recorded ones.
 //! - [`cli`]: command-line flags, resolved into config structs.
 
 pub mod auth;
@@ -26,6 +28,7 @@ pub mod check;
 pub mod cli;
 pub mod record;
 pub mod relay;
+pub mod replay;
 pub mod server;
 pub mod show;
 pub mod smtp;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Show(args) => return report_exit(smtptap::show::run(&args)),
         Cmd::Check(args) => return report_exit(smtptap::check::run(&args)),
+        Cmd::Replay(args) => return ExitCode::from(runtime.block_on(smtptap::replay::run(args))),
         Cmd::Proxy(args) => {
             let live_check = args.check.then(|| smtptap::check::live::LiveCheck::spawn(args.record_dir.clone()));
             let result =
