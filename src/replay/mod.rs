@@ -130,14 +130,25 @@ fn prepare(args: &ReplayArgs) -> Result<Vec<(PathBuf, Script)>, String> {
     if files.is_empty() {
         return Err("no recordings (*.jsonl) found".into());
     }
-    files
-        .into_iter()
-        .map(|path| {
-            let recording = Recording::read(&path).map_err(|e| e.to_string())?;
-            let script = script::build(&recording, plan).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok((path, script))
-        })
-        .collect()
+    // Every recording is checked, so one run names every problem.
+    let mut scripts = Vec::new();
+    let mut problems = Vec::new();
+    for path in files {
+        match Recording::read(&path) {
+            Ok(recording) => match script::build(&recording, plan) {
+                Ok(script) => scripts.push((path, script)),
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            },
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(scripts)
+    } else {
+        let n = problems.len();
+        let which = if n == 1 { "1 recording".to_owned() } else { format!("{n} recordings") };
+        Err(format!("{which} cannot be replayed; nothing was sent:\n  {}", problems.join("\n  ")))
+    }
 }
 
 /// Files as given; directories as their `*.jsonl` files in name order.
@@ -190,7 +201,10 @@ async fn replay_session(
     let mut client = match Client::connect(target, timeout).await {
         Ok(c) => c,
         Err(e) => {
-            s.abort(script.greeting.iter().chain(script.groups.iter().flat_map(|g| &g.expects)), &e);
+            // Nothing was compared: every expected reply counts as an error.
+            println!("session {number} error: {e}");
+            s.result.errors = s.result.exchanges;
+            s.result.error = Some(e);
             return s.result;
         }
     };

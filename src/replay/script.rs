@@ -85,6 +85,9 @@ pub enum ScriptError {
     TruncatedLine { seq: u64 },
     #[error("exchange #{seq}: {what}")]
     Damaged { seq: u64, what: String },
+    /// More than one of the refusals above, each named once.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ScriptError>),
 }
 
 /// Builds the script for `recording`.
@@ -95,11 +98,19 @@ pub fn build(recording: &Recording, tls: TlsPlan) -> Result<Script, ScriptError>
 
 /// Builds the script from a recording's exchanges, in order.
 pub fn build_from(exchanges: &[&Exchange], tls: TlsPlan) -> Result<Script, ScriptError> {
+    // What needs a flag or a feature not built yet: every kind is named
+    // (once), so one run says everything that is missing.
+    let mut refusals = Vec::new();
     if tls == TlsPlan::AsRecorded
         && let Some(e) = exchanges.iter().find(|e| e.tls)
     {
-        return Err(ScriptError::TlsNotImplemented { seq: e.seq });
+        refusals.push(ScriptError::TlsNotImplemented { seq: e.seq });
     }
+    let mut refuse = |refusal: ScriptError| {
+        if !refusals.iter().any(|r| std::mem::discriminant(r) == std::mem::discriminant(&refusal)) {
+            refusals.push(refusal);
+        }
+    };
     let mut script = Script { greeting: None, groups: Vec::new(), skipped_starttls: 0 };
     // Sizes of the BDAT chunks sent so far in this transaction, and where
     // their (yet unknown) data goes: (group index, offset in its bytes).
@@ -111,7 +122,13 @@ pub fn build_from(exchanges: &[&Exchange], tls: TlsPlan) -> Result<Script, Scrip
         let Some(command) = &e.command else {
             if let Some(message) = &e.message {
                 // Content after `354`: its own group, sent once DATA is accepted.
-                let content = message_bytes(e.seq, message)?;
+                let content = match message_bytes(e.seq, message) {
+                    Err(refusal @ ScriptError::NoBody { .. }) => {
+                        refuse(refusal);
+                        Vec::new()
+                    }
+                    other => other?,
+                };
                 let mut bytes = Vec::with_capacity(content.len() + content.len() / 64 + 5);
                 dot_stuff(&content, &mut bytes);
                 script.groups.push(Group {
@@ -135,7 +152,7 @@ pub fn build_from(exchanges: &[&Exchange], tls: TlsPlan) -> Result<Script, Scrip
         if command.line.contains("<redacted>")
             || command.auth.as_ref().is_some_and(|a| a.secret.as_ref().is_some_and(|s| s.is_redacted()))
         {
-            return Err(ScriptError::RedactedAuth { seq: e.seq });
+            refuse(ScriptError::RedactedAuth { seq: e.seq });
         }
         let verb = command.verb.as_deref().unwrap_or("");
         if verb == "STARTTLS" && tls == TlsPlan::Off && e.reply.as_ref().is_some_and(|r| r.code == 220) {
@@ -170,8 +187,13 @@ pub fn build_from(exchanges: &[&Exchange], tls: TlsPlan) -> Result<Script, Scrip
                     seq: e.seq,
                     what: "BDAT LAST without the message content".into(),
                 })?;
-                let content = message_bytes(e.seq, message)?;
-                fill_bdat(&mut script.groups, std::mem::take(&mut bdat), &content, e.seq)?;
+                match message_bytes(e.seq, message) {
+                    Err(refusal @ ScriptError::NoBody { .. }) => {
+                        refuse(refusal);
+                        bdat.clear();
+                    }
+                    content => fill_bdat(&mut script.groups, std::mem::take(&mut bdat), &content?, e.seq)?,
+                }
             }
         } else if !bdat.is_empty() {
             // A BDAT transaction that never reached LAST (refused, or RSET):
@@ -189,7 +211,11 @@ pub fn build_from(exchanges: &[&Exchange], tls: TlsPlan) -> Result<Script, Scrip
             what: "BDAT chunks without a LAST chunk: their content is not in the recording".into(),
         });
     }
-    Ok(script)
+    match refusals.len() {
+        0 => Ok(script),
+        1 => Err(refusals.remove(0)),
+        _ => Err(ScriptError::Several(refusals)),
+    }
 }
 
 fn expected(e: &Exchange, label: String) -> Expected {

@@ -210,3 +210,18 @@ fn a_line_cut_at_the_end_of_the_recording_ends_the_script() {
     let script = build_all(&[exchange(1, Some("MAIL FROM:<a@x>"), false, 250), cut]).unwrap();
     assert_eq!(sent(&script), ["MAIL FROM:<a@x>\r\n"]);
 }
+
+#[test]
+fn every_kind_of_refusal_is_named_once() {
+    let mut auth = exchange(4, Some("AUTH PLAIN <redacted>"), false, 235);
+    auth.tls = true;
+    let mut again = exchange(5, Some("AUTH LOGIN <redacted>"), false, 535);
+    again.tls = true;
+    let err = build_all(&[exchange(1, Some("EHLO c"), false, 250), auth, again]).unwrap_err();
+    assert_eq!(
+        err,
+        ScriptError::Several(vec![ScriptError::TlsNotImplemented { seq: 4 }, ScriptError::RedactedAuth { seq: 4 }])
+    );
+    let text = err.to_string();
+    assert!(text.contains("--tls off") && text.contains("--auth-user"), "{text}");
+}
