@@ -57,6 +57,10 @@ pub fn show_expected(mode: MatchMode, expected: &ReplyRecord, got: Option<&Reply
         MatchMode::Code => expected.code.to_string(),
         MatchMode::Enhanced => match &expected.enhanced {
             Some(enhanced) => format!("{} {enhanced}", expected.code),
+            // Say why `221` differs from `221 2.0.0 Bye`.
+            None if got.is_some_and(|g| g.code == expected.code && g.enhanced().is_some()) => {
+                format!("{} (no enhanced status)", expected.code)
+            }
             None => expected.code.to_string(),
         },
         MatchMode::Text => {
@@ -172,5 +176,9 @@ mod tests {
         assert_eq!(line, "session 3 #5 RCPT TO:<x@y>  expected 250 2.1.5  got 550 5.7.1 Relaying denied");
         assert_eq!(show_expected(MatchMode::Code, &want, Some(&got)), "250");
         assert_eq!(show_expected(MatchMode::Enhanced, &record(250, None, &["OK"]), None), "250");
+        let plain = record(221, None, &["Bye"]);
+        let got = reply(221, &["2.0.0 Bye"]);
+        assert_eq!(show_expected(MatchMode::Enhanced, &plain, Some(&got)), "221 (no enhanced status)");
+        assert_eq!(show_got(MatchMode::Enhanced, &plain, &got), "221 2.0.0 Bye");
     }
 }

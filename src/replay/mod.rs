@@ -202,7 +202,7 @@ async fn replay_session(
         Ok(c) => c,
         Err(e) => {
             // Nothing was compared: every expected reply counts as an error.
-            println!("session {number} error: {e}");
+            out(&format!("session {number} error: {e}"));
             s.result.errors = s.result.exchanges;
             s.result.error = Some(e);
             return s.result;
@@ -336,7 +336,7 @@ impl Session {
         problem: Option<String>,
         line: String,
     ) {
-        println!("{line}");
+        out(&line);
         self.result.differences.push(Difference {
             seq: expected.seq,
             command: expected.label.clone(),
@@ -350,7 +350,7 @@ impl Session {
 
 /// Prints the summary line, writes the report; the exit code.
 fn finish(args: &ReplayArgs, report: &Report) -> u8 {
-    println!(
+    out(&format!(
         "{} session{}, {} exchanges: {} matched, {} differed, {} errors",
         report.sessions,
         if report.sessions == 1 { "" } else { "s" },
@@ -358,8 +358,7 @@ fn finish(args: &ReplayArgs, report: &Report) -> u8 {
         report.matched,
         report.differed,
         report.errors
-    );
-    let _ = std::io::stdout().flush();
+    ));
     if let Some(path) = &args.report {
         let written = serde_json::to_vec_pretty(report).map_err(|e| e.to_string()).and_then(|mut json| {
             json.push(b'\n');
@@ -373,6 +372,13 @@ fn finish(args: &ReplayArgs, report: &Report) -> u8 {
     exit_code(report)
 }
 
+/// One line of output. A reader that went away (`| head`) does not stop
+/// the replay or change its exit code.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
 /// 2 when some session could not be replayed at all (no connection, no
 /// greeting); 1 when some reply differed or never came; else 0.
 pub fn exit_code(report: &Report) -> u8 {
@@ -383,5 +389,35 @@ pub fn exit_code(report: &Report) -> u8 {
         1
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(matched: usize, differed: usize, errors: usize, error: Option<&str>) -> SessionResult {
+        SessionResult { matched, differed, errors, error: error.map(str::to_owned), ..SessionResult::default() }
+    }
+
+    fn report(results: Vec<SessionResult>) -> Report {
+        Report {
+            matched: results.iter().map(|r| r.matched).sum(),
+            differed: results.iter().map(|r| r.differed).sum(),
+            errors: results.iter().map(|r| r.errors).sum(),
+            results,
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&report(vec![session(5, 0, 0, None)])), 0);
+        assert_eq!(exit_code(&report(vec![session(4, 1, 0, None)])), 1);
+        // The server closed in the middle: a difference in behaviour.
+        assert_eq!(exit_code(&report(vec![session(3, 0, 2, Some("no reply (connection closed)"))])), 1);
+        // A session that could not run at all.
+        let refused = session(0, 0, 5, Some("cannot connect"));
+        assert_eq!(exit_code(&report(vec![session(5, 0, 0, None), refused])), 2);
     }
 }
