@@ -203,6 +203,18 @@ fn what_is_not_a_recording_is_refused() {
     assert!(stderr(&out).contains("not an smtptap recording"), "{}", output_text(&out));
     let out = replay(&[path_str(dir.path()), "--target", &target]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    let recording = std::fs::read_to_string(fixture("raw-bdat.jsonl")).unwrap();
+    let damaged =
+        recording.replacen("\n{\"type\":\"exchange\",\"seq\":2,", "\n{garbage\n{\"type\":\"exchange\",\"seq\":2,", 1);
+    assert_ne!(damaged, recording);
+    let damaged = write_file(dir.path(), "damaged.jsonl", damaged.as_bytes());
+    let out = replay(&[path_str(&damaged), "--target", &target]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("damaged.jsonl: damaged, cannot be replayed as recorded: line 4"),
+        "{}",
+        output_text(&out)
+    );
     let empty = tempfile::tempdir().unwrap();
     let out = replay(&[path_str(empty.path()), "--target", &target]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));

@@ -135,6 +135,16 @@ fn prepare(args: &ReplayArgs) -> Result<Vec<(PathBuf, Script)>, String> {
     let mut problems = Vec::new();
     for path in files {
         match Recording::read(&path) {
+            // A skipped line may be a command: replaying without it would
+            // send something other than what was recorded.
+            Ok(recording) if !recording.problems.is_empty() => {
+                let lines: Vec<String> = recording.problems.iter().map(ToString::to_string).collect();
+                problems.push(format!(
+                    "{}: damaged, cannot be replayed as recorded: {}",
+                    path.display(),
+                    lines.join("; ")
+                ));
+            }
             Ok(recording) => match script::build(&recording, plan) {
                 Ok(script) => scripts.push((path, script)),
                 Err(e) => problems.push(format!("{}: {e}", path.display())),
