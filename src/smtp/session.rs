@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 /// is relayed but only counted in the record.
 const MAX_HELD: usize = 64 * 1024;
 
+/// Longest partial line withheld because it might be a STARTTLS the proxy
+/// answers itself (`STARTTLS` and a few spaces); longer lines are relayed.
+const MAX_GATED: usize = 32;
+
 /// Longest EHLO reply held back for editing; a longer one is relayed as is.
 const MAX_EHLO_REPLY: usize = 64 * 1024;
 
@@ -540,7 +544,7 @@ impl Observer {
                         self.gate = None;
                         forward.skip(end);
                     }
-                    Some(gate) if !complete && could_be_starttls(line_text) => {
+                    Some(gate) if !complete && gate.len() + used <= MAX_GATED && could_be_starttls(line_text) => {
                         gate.extend_from_slice(&input[..used]);
                         forward.skip(end);
                     }
@@ -1253,6 +1257,20 @@ mod tests {
             assert!(to_client.starts_with("220 mx\r\n250-mx\r\n250 SIZE 5\r\n454 4.7.0 "), "{to_client}");
             assert!(out.upgrades.is_empty());
         }
+    }
+
+    #[test]
+    fn a_line_of_starttls_and_endless_spaces_is_not_withheld_for_ever() {
+        let clock = Clock::now();
+        let now = clock.started;
+        let mut obs = Observer::new(clock, config(StartTlsPolicy::Refused));
+        let mut out = Collect::default();
+        obs.server_bytes(now, b"220 mx\r\n", &mut out);
+        assert!(obs.client_bytes(now, b"STARTTLS   ", &mut out).to_upstream.is_empty(), "might still be STARTTLS");
+        let spaces = vec![b' '; 100_000];
+        let relayed = obs.client_bytes(now, &spaces, &mut out).to_upstream.len();
+        assert_eq!(relayed, 100_000 + 11, "withheld bytes released once the line is too long to be STARTTLS");
+        assert_eq!(obs.take_withheld().0, b"");
     }
 
     #[test]
