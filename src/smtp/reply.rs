@@ -5,6 +5,10 @@ use super::line::{Line, LineAssembler};
 /// Most reply lines kept for the record; further lines are counted only.
 pub const MAX_REPLY_LINES: usize = 1000;
 
+/// Most bytes of reply text kept per reply (a thousand long lines would
+/// otherwise be 64 MiB); further lines are counted only.
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
 /// One complete reply, possibly multi-line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Reply {
@@ -54,6 +58,8 @@ fn parse_enhanced(text: &[u8], class: u8) -> Option<String> {
 pub struct ReplyParser {
     line: LineAssembler,
     current: Reply,
+    /// Bytes of text kept in `current`.
+    kept: usize,
 }
 
 impl ReplyParser {
@@ -83,11 +89,15 @@ impl ReplyParser {
         let (code, last, body) = split_reply_line(text);
         let reply = &mut self.current;
         reply.code = code;
-        if reply.lines.len() < MAX_REPLY_LINES {
+        if reply.lines.len() < MAX_REPLY_LINES && self.kept + body.len() <= MAX_REPLY_BYTES {
+            self.kept += body.len();
             reply.lines.push(body.to_vec());
             reply.truncated |= truncated;
         } else {
             reply.omitted_lines += 1;
+        }
+        if last {
+            self.kept = 0;
         }
         last
     }
@@ -182,6 +192,18 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].lines.len(), MAX_REPLY_LINES);
         assert_eq!(got[0].omitted_lines, 5001 - MAX_REPLY_LINES);
+    }
+
+    #[test]
+    fn long_lines_are_bounded_in_total_too() {
+        let line = format!("250-{}\r\n", "x".repeat(60 * 1024));
+        let input = [line.repeat(20).as_bytes(), b"250 end\r\n250 ok\r\n"].concat();
+        let got = parse_all(&input, &[]);
+        assert_eq!(got.len(), 2);
+        let kept: usize = got[0].lines.iter().map(Vec::len).sum();
+        assert!(kept <= MAX_REPLY_BYTES, "{kept}");
+        assert_eq!(got[0].lines.len() + got[0].omitted_lines, 21);
+        assert_eq!(got[1].lines, [b"ok".to_vec()], "the next reply starts with a fresh budget");
     }
 
     #[test]
