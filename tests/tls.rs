@@ -823,6 +823,15 @@ fn upstream_ca_names_a_default_openssl_self_signed_certificate() {
 // 4. An upstream certificate nobody vouches for
 // ---------------------------------------------------------------------------
 
+/// A raw client that has had the greeting and the reply to `EHLO raw.test`.
+fn greeted_after_ehlo(addr: SocketAddr) -> RawClient {
+    let mut raw = RawClient::connect(addr);
+    raw.read_replies(1);
+    raw.send(b"EHLO raw.test\r\n");
+    raw.read_replies(2);
+    raw
+}
+
 /// A plaintext client hears `421 4.7.0` and the connection closes: nothing
 /// was relayed in plaintext after the failure.
 fn assert_refused_with_421(raw: &mut RawClient) -> String {
@@ -838,10 +847,7 @@ fn untrusted_upstream_certificate_on_mirrored_starttls_is_a_421_not_a_fallback()
     let server = Aiosmtpd::start("starttls");
     let upstream = server.upstream();
     let proxy = Proxy::start(&["--upstream", &upstream]);
-    let mut raw = RawClient::connect(proxy.addr);
-    raw.read_replies(1);
-    raw.send(b"EHLO raw.test\r\n");
-    raw.read_replies(2);
+    let mut raw = greeted_after_ehlo(proxy.addr);
     raw.send(b"STARTTLS\r\n");
     let said = assert_refused_with_421(&mut raw);
     assert!(said.contains("certificate"), "{said}");
@@ -921,10 +927,7 @@ fn mirrored_starttls_refused_by_the_server_reaches_the_client_which_may_go_on() 
     let server = Aiosmtpd::start("none");
     let upstream = server.upstream();
     let proxy = Proxy::start(&["--upstream", &upstream]);
-    let mut raw = RawClient::connect(proxy.addr);
-    raw.read_replies(1);
-    raw.send(b"EHLO raw.test\r\n");
-    raw.read_replies(2);
+    let mut raw = greeted_after_ehlo(proxy.addr);
     raw.send(b"STARTTLS\r\n");
     let replies = read_exactly_replies(&mut raw, 3);
     assert!(replies[2].starts_with("454 "), "the server's refusal, as it said it: {replies:?}");
@@ -972,10 +975,7 @@ fn proxy_initiated_starttls_refused_by_the_server_is_a_421_and_tls_failed() {
 /// Sends `STARTTLS\r\nRSET\r\n` in one write after EHLO, completes the
 /// handshake, then EHLO and QUIT inside TLS. Returns the replies seen inside TLS.
 fn inject_after_starttls(proxy: &Proxy) -> Vec<String> {
-    let mut raw = RawClient::connect(proxy.addr);
-    raw.read_replies(1);
-    raw.send(b"EHLO raw.test\r\n");
-    raw.read_replies(2);
+    let mut raw = greeted_after_ehlo(proxy.addr);
     raw.send(b"STARTTLS\r\nRSET\r\n");
     let replies = read_exactly_replies(&mut raw, 3);
     assert!(replies[2].starts_with("220 "), "{replies:?}");
@@ -1090,10 +1090,7 @@ fn server_bytes_after_its_220_to_mirrored_starttls_are_discarded() {
     let server = PushyServer::start(b"250 injected\r\n");
     let upstream = server.addr.to_string();
     let proxy = Proxy::start(&["--upstream", &upstream, "--upstream-ca", path_str(&server.cert)]);
-    let mut raw = RawClient::connect(proxy.addr);
-    raw.read_replies(1);
-    raw.send(b"EHLO raw.test\r\n");
-    raw.read_replies(2);
+    let mut raw = greeted_after_ehlo(proxy.addr);
     raw.send(b"STARTTLS\r\n");
     let replies = read_exactly_replies(&mut raw, 3);
     assert!(replies[2].starts_with("220 "), "{replies:?}");
