@@ -23,6 +23,23 @@ use tokio::sync::watch;
 /// Read buffer per direction.
 const BUFFER: usize = 16 * 1024;
 
+/// What the client side of a session can still do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientSide {
+    /// Sends and reads.
+    Open,
+    /// Has half-closed: sends no more, may still read the server's last word.
+    HalfClosed,
+    /// Has gone entirely: the server's last word is only recorded.
+    Gone,
+}
+
+impl ClientSide {
+    fn reads(self) -> bool {
+        self != ClientSide::Gone
+    }
+}
+
 /// How a session ended, for its `end` record.
 struct Ending {
     reason: EndReason,
@@ -281,9 +298,7 @@ impl Session {
         // session's buffers stay untouched, so they cost no resident memory.
         let mut from_client = Vec::with_capacity(BUFFER);
         let mut from_upstream = Vec::with_capacity(BUFFER);
-        // The client still sends; after its half-close it may still read.
-        let mut client_open = true;
-        let mut client_reads = true;
+        let mut client_side = ClientSide::Open;
         let mut deadline = tokio::time::Instant::now() + idle;
         loop {
             enum Event {
@@ -296,7 +311,7 @@ impl Session {
             from_client.clear();
             from_upstream.clear();
             let event = tokio::select! {
-                r = client.read_buf(&mut from_client), if client_open => Event::Client(r),
+                r = client.read_buf(&mut from_client), if client_side == ClientSide::Open => Event::Client(r),
                 r = upstream.read_buf(&mut from_upstream) => Event::Upstream(r),
                 () = tokio::time::sleep_until(self.deadline(deadline, idle)) => Event::Idle,
                 _ = stop.changed() => Event::Stop,
@@ -306,7 +321,7 @@ impl Session {
             match event {
                 Event::Client(Ok(0)) => {
                     // Pass the half-close on and let the server have its last word.
-                    client_open = false;
+                    client_side = ClientSide::HalfClosed;
                     let (to_upstream, _) = self.observer.take_withheld();
                     let _ = write_within(upstream, &to_upstream, idle).await;
                     let _ = upstream.shutdown().await;
@@ -331,10 +346,13 @@ impl Session {
                 Event::Client(Err(e)) => return self.closed_by(EndReason::ClientClosed, Some(e)),
                 Event::Upstream(Ok(0)) => {
                     let (_, to_client) = self.observer.take_withheld();
-                    if client_reads {
+                    if client_side.reads() {
                         let _ = write_within(client, &to_client, idle).await;
                     }
-                    let first = if client_open { EndReason::UpstreamClosed } else { EndReason::ClientClosed };
+                    let first = match client_side {
+                        ClientSide::Open => EndReason::UpstreamClosed,
+                        _ => EndReason::ClientClosed,
+                    };
                     return self.closed_by(first, None);
                 }
                 Event::Upstream(Ok(n)) => {
@@ -348,12 +366,14 @@ impl Session {
                             return ending;
                         }
                     }
-                    if client_reads && let Err(e) = write_within(client, &actions.to_client, idle).await {
-                        if client_open {
+                    if client_side.reads()
+                        && let Err(e) = write_within(client, &actions.to_client, idle).await
+                    {
+                        if client_side == ClientSide::Open {
                             return self.closed_by(EndReason::ClientClosed, Some(e));
                         }
                         // Gone after its half-close: still record the server's last word.
-                        client_reads = false;
+                        client_side = ClientSide::Gone;
                     }
                     if let Err(e) = write_within(upstream, &actions.to_upstream, idle).await {
                         return self.closed_by(EndReason::UpstreamClosed, Some(e));
@@ -381,13 +401,13 @@ impl Session {
                             format!("nothing for {secs} s, {}", self.observer.phase()),
                         )
                     };
-                    if client_reads && self.observer.between_replies() {
+                    if client_side.reads() && self.observer.between_replies() {
                         self.say_to_client(client, 421, &text).await;
                     }
                     return Ending::with_error(EndReason::Timeout, why);
                 }
                 Event::Stop => {
-                    if client_reads && self.observer.between_replies() {
+                    if client_side.reads() && self.observer.between_replies() {
                         self.say_to_client(client, 421, "4.3.2 smtptap: shutting down, try again later").await;
                     }
                     return Ending::new(EndReason::Shutdown);
