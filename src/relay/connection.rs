@@ -227,7 +227,7 @@ impl Session {
         let mut buf = vec![0u8; BUFFER];
         let mut greeting = Vec::new();
         self.read_replies(upstream, &mut buf, limit, |actions| greeting.extend_from_slice(&actions.to_client)).await?;
-        if !greeting.starts_with(b"220") {
+        if !self.observer.greeted() {
             // The server turned us away; the client hears it as it is.
             let _ = write_within(client, &greeting, limit).await;
             return Ok(());

@@ -229,6 +229,8 @@ pub struct Observer {
     seq: u64,
     counts: Counts,
     quit_accepted: bool,
+    /// The code of the server's greeting, once it came.
+    greeting_code: Option<u16>,
 }
 
 impl Observer {
@@ -262,11 +264,17 @@ impl Observer {
             seq: 0,
             counts: Counts::default(),
             quit_accepted: false,
+            greeting_code: None,
         }
     }
 
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// True once the server greeted with 220 (ready for service).
+    pub fn greeted(&self) -> bool {
+        self.greeting_code == Some(220)
     }
 
     /// True once the server accepted the client's QUIT.
@@ -840,6 +848,7 @@ impl Observer {
             }
             Awaited::Command(CommandKind::StartTls) if pending.by_proxy => actions.refused = Some(reply.clone()),
             Awaited::Command(CommandKind::Quit) if reply.is_positive() => self.quit_accepted = true,
+            Awaited::Greeting => self.greeting_code = Some(code),
             _ => {}
         }
         self.emit(pending, Some(&reply), now, out);
@@ -1371,6 +1380,17 @@ mod tests {
             }
         }
         forms
+    }
+
+    #[test]
+    fn greeted_only_by_a_220() {
+        for (greeting, ready) in [(&b"220 mx ESMTP\r\n"[..], true), (b"554 5.7.1 go away\r\n", false)] {
+            let clock = Clock::now();
+            let mut obs = Observer::new(clock, config(StartTlsPolicy::Refused));
+            assert!(!obs.greeted());
+            obs.server_bytes(clock.started, greeting, &mut Collect::default());
+            assert_eq!(obs.greeted(), ready);
+        }
     }
 
     #[test]
