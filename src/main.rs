@@ -27,8 +27,12 @@ fn main() -> ExitCode {
         Cmd::Replay(args) => return ExitCode::from(runtime.block_on(smtptap::replay::run(args))),
         Cmd::Proxy(args) => {
             let live_check = args.check.then(|| smtptap::check::live::LiveCheck::spawn(args.record_dir.clone()));
-            let result =
-                runtime.block_on(smtptap::relay::run(args.resolve(), shutdown_signal())).map_err(|e| e.to_string());
+            let result = match runtime.block_on(async { shutdown_signal() }) {
+                Ok(shutdown) => {
+                    runtime.block_on(smtptap::relay::run(args.resolve(), shutdown)).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("cannot handle SIGINT and SIGTERM: {e}")),
+            };
             if let Some(live_check) = live_check {
                 live_check.finish();
             }
@@ -66,19 +70,16 @@ fn report_exit(result: std::io::Result<u8>) -> ExitCode {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now, so that a signal sent once
+/// the proxy says it is listening is never lost; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

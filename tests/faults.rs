@@ -834,6 +834,16 @@ fn sigterm_tells_live_clients_and_completes_every_recording() {
     }
 }
 
+#[test]
+fn sigterm_as_soon_as_the_proxy_listens_is_a_clean_shutdown() {
+    // The readiness line promises the signal handlers are installed.
+    for _ in 0..3 {
+        let mut proxy = Proxy::start(&[]);
+        let status = proxy.terminate();
+        assert!(status.success(), "exit status {status:?}; stderr:\n{}", proxy.stderr());
+    }
+}
+
 /// One complete session with a message of `body` bytes; `Err` once the proxy is gone.
 fn one_session(addr: SocketAddr, body: &[u8]) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(addr)?;
