@@ -27,6 +27,10 @@ pub enum Cmd {
     Check(crate::check::CheckArgs),
     /// Send the client side of recordings to a server and compare its replies.
     Replay(crate::replay::ReplayArgs),
+    /// Play the server side of a recording to any client that connects.
+    Serve(crate::serve::ServeArgs),
+    /// Run the built-in test server on its own: accepts (or rejects) mail, with AUTH and TLS.
+    Sink(crate::server::sink::SinkArgs),
 }
 
 #[derive(Debug, Subcommand)]

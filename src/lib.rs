@@ -14,13 +14,16 @@
 //!   for both sides, and certificate facts for the record.
 //! - [`record`]: the recording format (version 1) and the per-session writer
 //!   that turns exchanges into JSON lines, spooling large bodies to disk.
-//! - [`server`]: the built-in test SMTP server, the default upstream.
+//! - [`server`]: the built-in test SMTP server, the default upstream, and on
+//!   its own `smtptap sink`.
 //! - [`show`]: recordings as swaks-style transcripts and a one-line-per-session
 //!   list; `--follow` tails a recordings directory.
 //! - [`check`]: findings about misconfigured clients, as pure rules over
 //!   parsed recordings ([`record::reader`]), with advice in plain words.
 //! - [`replay`]: `smtptap replay`, the client side of recordings sent to a
 //!   target server, its replies compared with the recorded ones.
+//! - [`serve`]: `smtptap serve`, the server side of a recording played to
+//!   any client, reporting where the client departs from it.
 //! - [`cli`]: command-line flags, resolved into config structs.
 
 pub mod auth;
@@ -29,6 +32,7 @@ pub mod cli;
 pub mod record;
 pub mod relay;
 pub mod replay;
+pub mod serve;
 pub mod server;
 pub mod show;
 pub mod smtp;

@@ -25,6 +25,8 @@ fn main() -> ExitCode {
         Cmd::Show(args) => return report_exit(smtptap::show::run(&args)),
         Cmd::Check(args) => return report_exit(smtptap::check::run(&args)),
         Cmd::Replay(args) => return ExitCode::from(runtime.block_on(smtptap::replay::run(args))),
+        Cmd::Serve(args) => return ExitCode::from(runtime.block_on(smtptap::serve::run(args))),
+        Cmd::Sink(args) => return ExitCode::from(runtime.block_on(smtptap::server::sink::run(args))),
         Cmd::Proxy(args) => {
             let live_check = args.check.then(|| smtptap::check::live::LiveCheck::spawn(args.record_dir.clone()));
             let result = match runtime.block_on(async { shutdown_signal() }) {

@@ -6,6 +6,8 @@
 //! The protocol logic is [`ServerSession`], plain code over bytes; [`serve`]
 //! only moves bytes between it and sockets.
 
+pub mod sink;
+
 use crate::smtp::command::{Command, CommandKind};
 use crate::smtp::data::DotDecoder;
 use crate::smtp::line::LineAssembler;
