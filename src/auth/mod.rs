@@ -559,10 +559,10 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The first space-separated word and the rest, leading spaces removed.
+/// The first word (up to a space or tab) and the rest, leading white space removed.
 fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
     let s = s.trim_ascii_start();
-    match s.iter().position(|&b| b == b' ') {
+    match s.iter().position(|&b| b == b' ' || b == b'\t') {
         Some(i) => (&s[..i], s[i..].trim_ascii_start()),
         None => (s, &[]),
     }

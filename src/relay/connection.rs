@@ -11,7 +11,9 @@ use super::{Shared, handshake};
 use crate::record::format::{EndReason, Record, SessionEnd, SessionInfo, TlsInfo};
 use crate::record::writer::SessionRecorder;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Actions, Clock, Observer, ObserverConfig, Upgrade, format_time};
+use crate::smtp::session::{
+    Actions, ClientDeadline, Clock, MIN_CONTENT_RATE, Observer, ObserverConfig, Sending, Upgrade, format_time,
+};
 use crate::tls::TlsMode;
 use std::io;
 use std::net::SocketAddr;
@@ -389,17 +391,27 @@ impl Session {
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),
                 Event::Idle => {
                     let secs = idle.as_secs();
-                    let slow_line = self.observer.partial_line_since().is_some_and(|t| t.elapsed() >= idle);
-                    let (text, why) = if slow_line {
-                        (
+                    let late = self.observer.client_deadline(idle).filter(|d| d.at <= now);
+                    let phase = self.observer.phase();
+                    let (text, why) = match late {
+                        Some(ClientDeadline { sending: Sending::Line, .. }) => (
                             format!("4.4.2 smtptap: command line not completed within {secs} s, closing connection"),
-                            format!("a command line took over {secs} s, {}", self.observer.phase()),
-                        )
-                    } else {
-                        (
+                            format!("a command line took over {secs} s, {phase}"),
+                        ),
+                        Some(ClientDeadline { sending: Sending::Content { bytes }, since, .. }) => (
+                            format!(
+                                "4.4.2 smtptap: message content too slow (under {MIN_CONTENT_RATE} bytes/s \
+                                after the first {secs} s), closing connection"
+                            ),
+                            format!(
+                                "message content too slow: {bytes} bytes in {} s, {phase}",
+                                now.duration_since(since).as_secs()
+                            ),
+                        ),
+                        None => (
                             format!("4.4.2 smtptap: no data for {secs} s, closing connection"),
-                            format!("nothing for {secs} s, {}", self.observer.phase()),
-                        )
+                            format!("nothing for {secs} s, {phase}"),
+                        ),
                     };
                     if client_side.reads() && self.observer.between_replies() {
                         self.say_to_client(client, 421, &text).await;
@@ -416,12 +428,12 @@ impl Session {
         }
     }
 
-    /// When to give up waiting: after `idle` without a byte, or when a command
-    /// line begun `idle` ago is still unfinished (a client dribbling a line a
+    /// When to give up waiting: after `idle` without a byte, or when what the
+    /// client is sending is overdue (a client dribbling a line or a message a
     /// byte at a time would otherwise hold its session for ever).
     fn deadline(&self, idle_deadline: tokio::time::Instant, idle: Duration) -> tokio::time::Instant {
-        match self.observer.partial_line_since() {
-            Some(since) => idle_deadline.min(tokio::time::Instant::from_std(since + idle)),
+        match self.observer.client_deadline(idle) {
+            Some(d) => idle_deadline.min(tokio::time::Instant::from_std(d.at)),
             None => idle_deadline,
         }
     }

@@ -35,6 +35,29 @@ const MAX_GATED: usize = 32;
 /// Longest EHLO reply held back for editing; a longer one is relayed as is.
 const MAX_EHLO_REPLY: usize = 64 * 1024;
 
+/// Message content must come at least this fast (bytes per second) once the
+/// idle timeout's grace is spent, as Postfix's `smtpd_min_data_rate`: a client
+/// trickling content a byte at a time cannot hold its session for ever.
+pub const MIN_CONTENT_RATE: u64 = 500;
+
+/// What the client is in the middle of sending, for its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    /// A command or AUTH line.
+    Line,
+    /// Message content (DATA, or a BDAT chunk): `bytes` of it so far.
+    Content { bytes: u64 },
+}
+
+/// By when the client must have finished what it is sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDeadline {
+    pub at: Instant,
+    /// When it began sending it.
+    pub since: Instant,
+    pub sending: Sending,
+}
+
 /// Where the observer's results go: the recorder, or a test's collector.
 pub trait Output {
     /// A completed exchange, in `seq` order.
@@ -220,6 +243,9 @@ pub struct Observer {
     ehlo_reply: Vec<u8>,
     /// When the client's unfinished command line began (slow-client defence).
     line_since: Option<Instant>,
+    /// When the current message content (or BDAT chunk) began, and its bytes so far.
+    content_since: Instant,
+    content_bytes: u64,
     /// The message whose content is being received, if any.
     message: Option<MessageDigest>,
     client_tls: bool,
@@ -257,6 +283,8 @@ impl Observer {
             gate: None,
             ehlo_reply: Vec::new(),
             line_since: None,
+            content_since: clock.started,
+            content_bytes: 0,
             message: None,
             client_tls,
             upstream_tls: false,
@@ -302,10 +330,19 @@ impl Observer {
         }
     }
 
-    /// When the client's unfinished command line began, if it is sending one:
-    /// a line dribbled a byte at a time must still end in time.
-    pub fn partial_line_since(&self) -> Option<Instant> {
-        self.line_since
+    /// What the client is in the middle of sending, and by when it must be
+    /// done: a command or AUTH line within `idle` of its first byte (however
+    /// fast the bytes come); message content within `idle` plus the time its
+    /// size takes at [`MIN_CONTENT_RATE`]. `None` between commands.
+    pub fn client_deadline(&self, idle: Duration) -> Option<ClientDeadline> {
+        if let Mode::Data(_) | Mode::Chunk { .. } = self.mode {
+            let sending = Sending::Content { bytes: self.content_bytes };
+            let earned = Duration::from_millis(self.content_bytes.saturating_mul(1000) / MIN_CONTENT_RATE);
+            let at = self.content_since + idle + earned;
+            return Some(ClientDeadline { at, since: self.content_since, sending });
+        }
+        let since = self.line_since?;
+        Some(ClientDeadline { at: since + idle, since, sending: Sending::Line })
     }
 
     /// True while some reply (the greeting included) is still due.
@@ -576,6 +613,7 @@ impl Observer {
                     digest.update(chunk);
                     out.content(chunk);
                 });
+                self.content_bytes += used as u64;
                 forward.pass(offset + used);
                 if ended {
                     self.mode = Mode::Commands;
@@ -592,6 +630,7 @@ impl Observer {
                 let take = input.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                 let chunk = &input[..take];
                 *remaining -= take as u64;
+                self.content_bytes += take as u64;
                 let done = *remaining == 0;
                 let last = *last;
                 if let Some(digest) = self.message.as_mut() {
@@ -664,14 +703,18 @@ impl Observer {
     /// A note about client bytes that were not framed: they are kept with it
     /// unless they may carry credentials the record must not hold.
     fn note_bytes(&self, t: String, kind: NoteKind, text: String, bytes: &[u8], out: &mut impl Output) {
-        let auth_line = bytes
-            .split(|&b| b == b'\n')
-            .any(|l| l.trim_ascii_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case(b"AUTH ")));
+        let auth_line =
+            bytes.split(|&b| b == b'\n').any(|l| matches!(Command::parse(l).kind, CommandKind::Auth { .. }));
         if self.redaction != Redaction::None && (self.sasl.is_some() || auth_line) {
             out.note(t, kind, format!("{text}; not kept, as they may hold credentials"), None);
         } else {
             out.note(t, kind, format!("{text}; kept here"), Some(bytes));
         }
+    }
+
+    fn content_started(&mut self, now: Instant) {
+        self.content_since = now;
+        self.content_bytes = 0;
     }
 
     fn chunk_done(&mut self, now: Instant, last: bool, out: &mut impl Output) {
@@ -738,6 +781,7 @@ impl Observer {
                     out.message_start();
                 }
                 self.mode = Mode::Chunk { remaining: size, last };
+                self.content_started(now);
             }
             _ => {
                 // BDAT chunks without LAST, then another command: the message was abandoned.
@@ -827,6 +871,7 @@ impl Observer {
         match &pending.awaited {
             Awaited::Command(CommandKind::Data) if code == 354 => {
                 self.mode = Mode::Data(DotDecoder::default());
+                self.content_started(now);
                 self.message = Some(MessageDigest::default());
                 out.message_start();
             }
@@ -962,6 +1007,8 @@ mod tests {
         exchanges: Vec<Exchange>,
         contents: Vec<Vec<u8>>,
         notes: Vec<String>,
+        /// The bytes kept with notes, all together.
+        noted: Vec<u8>,
         /// What the relay was told to send each way.
         to_upstream: Vec<u8>,
         to_client: Vec<u8>,
@@ -979,8 +1026,9 @@ mod tests {
         fn content(&mut self, chunk: &[u8]) {
             self.contents.last_mut().expect("content after message_start").extend_from_slice(chunk);
         }
-        fn note(&mut self, _t: String, _kind: NoteKind, text: String, _data: Option<&[u8]>) {
+        fn note(&mut self, _t: String, _kind: NoteKind, text: String, data: Option<&[u8]>) {
             self.notes.push(text);
+            self.noted.extend_from_slice(data.unwrap_or_default());
         }
     }
 
@@ -1426,6 +1474,89 @@ mod tests {
         }
     }
 
+    /// SMTP smuggling (CVE-2023-51764/51765/51766) through the whole
+    /// observer: at every read split, none of these ends the message, the
+    /// smuggled command never becomes an exchange, every byte is relayed as
+    /// sent, and the message ends exactly at the real `CRLF . CRLF`.
+    #[test]
+    fn smuggled_end_of_data_never_ends_the_message_at_any_split() {
+        let smuggled: &[&[u8]] = &[b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r"];
+        for mark in smuggled {
+            let content: &'static [u8] =
+                [b"Subject: s\r\n\r\nhi".as_slice(), mark, b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\n"].concat().leak();
+            let client: &'static [u8] = [content, b".\r\nQUIT\r\n"].concat().leak();
+            let steps = [
+                S(b"220 mx\r\n"),
+                C(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"),
+                S(b"250 ok\r\n250 ok\r\n354 go\r\n"),
+                C(client),
+                S(b"250 queued\r\n221 bye\r\n"),
+            ];
+            // What a strict server delivers: the content in one piece, unstuffed.
+            let mut want = Vec::new();
+            let (used, ended) = DotDecoder::default().decode(client, &mut |c| want.extend_from_slice(c));
+            assert_eq!((used, ended), (content.len() + 3, true), "{mark:?}");
+            for cut in 0..=client.len() {
+                let out = observe(&steps, &[0, 0, 0, cut]);
+                assert_eq!(
+                    verbs(&out),
+                    [v("", 220), v("MAIL", 250), v("RCPT", 250), v("DATA", 354), v("", 250), v("QUIT", 221)],
+                    "{mark:?} cut {cut}"
+                );
+                assert_eq!(out.contents, [want.clone()], "{mark:?} cut {cut}");
+                assert_eq!(out.to_upstream, sent(&steps, true), "relayed unchanged: {mark:?} cut {cut}");
+                assert_eq!(out.to_client, sent(&steps, false));
+                let message = out.exchanges[4].message.as_ref().expect("message");
+                assert_eq!((message.size, message.complete), (want.len() as u64, true));
+            }
+        }
+    }
+
+    /// An AUTH written with a tab is still an AUTH: the SASL response
+    /// pipelined behind it is never kept, even when no reply ever came.
+    #[test]
+    fn a_held_sasl_response_is_never_kept_whatever_separates_the_auth_words() {
+        for auth in [&b"AUTH PLAIN\r\n"[..], b"auth\tplain\r\n", b" AUTH \t PLAIN\r\n"] {
+            let client: &'static [u8] = [auth, b"AGpvZQBTM2NyM3QtcGFzcw==\r\n"].concat().leak();
+            let out = observe(&[S(b"220 mx\r\n"), C(client)], &[]);
+            let json = serde_json::to_string(&out.exchanges).unwrap();
+            let noted = String::from_utf8_lossy(&out.noted);
+            for form in leak_forms("S3cr3t-pass") {
+                assert!(!json.contains(&form) && !noted.contains(&form), "{auth:?}: {form} leaked: {json} {noted}");
+            }
+            assert_eq!(out.exchanges[1].command.as_ref().unwrap().verb.as_deref(), Some("AUTH"), "{auth:?}");
+        }
+    }
+
+    /// A client trickling message content runs out of time at the rate floor.
+    #[test]
+    fn content_deadline_grows_with_the_bytes_received() {
+        let clock = Clock::now();
+        let t0 = clock.started;
+        let idle = Duration::from_secs(10);
+        let mut obs = Observer::new(clock, config(StartTlsPolicy::Mirror));
+        let mut out = Collect::default();
+        obs.server_bytes(t0, b"220 mx\r\n", &mut out);
+        assert_eq!(obs.client_deadline(idle), None, "between commands only the idle timeout applies");
+        obs.client_bytes(t0, b"DA", &mut out);
+        let line = obs.client_deadline(idle).unwrap();
+        assert_eq!((line.at, line.sending), (t0 + idle, Sending::Line));
+        obs.client_bytes(t0 + Duration::from_secs(1), b"TA\r\n", &mut out);
+        let t1 = t0 + Duration::from_secs(2);
+        obs.server_bytes(t1, b"354 go\r\n", &mut out);
+        let content = obs.client_deadline(idle).unwrap();
+        assert_eq!((content.at, content.since, content.sending), (t1 + idle, t1, Sending::Content { bytes: 0 }));
+        obs.client_bytes(t1 + Duration::from_secs(5), &vec![b'x'; 5000], &mut out);
+        let grown = obs.client_deadline(idle).unwrap();
+        assert_eq!(grown.at, t1 + idle + Duration::from_secs(5000 / MIN_CONTENT_RATE));
+        assert_eq!(grown.sending, Sending::Content { bytes: 5000 });
+        obs.client_bytes(t1, b"\r\n.\r\n", &mut out);
+        assert_eq!(obs.client_deadline(idle), None, "the content ended");
+        obs.server_bytes(t1, b"250 ok\r\n", &mut out);
+        obs.client_bytes(t1, b"BDAT 10 LAST\r\nabc", &mut out);
+        assert_eq!(obs.client_deadline(idle).map(|d| d.sending), Some(Sending::Content { bytes: 3 }));
+    }
+
     proptest! {
         /// Random credentials over PLAIN and LOGIN, cut anywhere: nothing the
         /// observer emits holds the password in any form.
@@ -1478,5 +1609,74 @@ mod tests {
             let lines = |o: &Collect| o.exchanges.iter().map(|e| (e.command.clone(), e.reply.clone(), e.pipelined)).collect::<Vec<_>>();
             prop_assert_eq!(lines(&split), lines(&whole));
         }
+
+        /// Random garbage both ways, framing words included, cut anywhere:
+        /// the observer never panics, relays every byte as it came (no
+        /// STARTTLS, so nothing is withheld), and its record stays bounded.
+        #[test]
+        fn garbage_is_relayed_unchanged_and_recorded_in_bounds(
+            reads in proptest::collection::vec((any::<bool>(), proptest::collection::vec(token(), 0..12)), 0..40),
+        ) {
+            let clock = Clock::now();
+            let now = clock.started;
+            let mut obs = Observer::new(clock, config(StartTlsPolicy::Mirror));
+            let mut out = Collect::default();
+            let (mut client, mut server) = (Vec::new(), Vec::new());
+            for (from_client, tokens) in &reads {
+                let bytes = tokens.concat();
+                let actions = if *from_client {
+                    client.extend_from_slice(&bytes);
+                    obs.client_bytes(now, &bytes, &mut out)
+                } else {
+                    server.extend_from_slice(&bytes);
+                    obs.server_bytes(now, &bytes, &mut out)
+                };
+                out.to_upstream.extend_from_slice(&actions.to_upstream);
+                out.to_client.extend_from_slice(&actions.to_client);
+                prop_assert!(actions.upgrade.is_none());
+            }
+            obs.finish(now, &mut out);
+            let (to_upstream, to_client) = obs.take_withheld();
+            prop_assert!(to_upstream.is_empty() && to_client.is_empty());
+            prop_assert_eq!(&out.to_upstream, &client);
+            prop_assert_eq!(&out.to_client, &server);
+            let lines = [&client, &server].iter().map(|b| b.iter().filter(|&&c| c == b'\n').count()).sum::<usize>();
+            prop_assert!(out.exchanges.len() <= lines + 4, "{} exchanges for {lines} lines", out.exchanges.len());
+            let json = serde_json::to_string(&out.exchanges).unwrap();
+            prop_assert!(json.len() <= 8 * (client.len() + server.len()) + 600 * out.exchanges.len());
+        }
+    }
+
+    /// Pieces of SMTP and of garbage, for random sessions.
+    fn token() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                &b"MAIL FROM:<a@x>"[..],
+                b"DATA",
+                b"BDAT 7",
+                b"BDAT 3 LAST",
+                b"AUTH PLAIN",
+                b"AUTH LOGIN x",
+                b"EHLO c",
+                b"QUIT",
+                b"RSET",
+                b".",
+                b"\r\n",
+                b"\n",
+                b"\r",
+                b"\0",
+                b"\xff\xfe",
+                b"250 ok",
+                b"250-",
+                b"354 go",
+                b"334 VXNlcg==",
+                b"220 mx",
+                b"535 no",
+                b"421 bye",
+                b"\r\n.\r\n",
+            ])
+            .prop_map(<[u8]>::to_vec),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ]
     }
 }
