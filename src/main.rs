@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         Cmd::Show(args) => return report_exit(smtptap::show::run(&args)),
         Cmd::Check(args) => return report_exit(smtptap::check::run(&args)),
         Cmd::Replay(args) => return ExitCode::from(runtime.block_on(smtptap::replay::run(args))),
-        Cmd::Serve(args) => return ExitCode::from(runtime.block_on(smtptap::serve::run(args))),
+        Cmd::Serve(args) => match runtime.block_on(async { shutdown_signal() }) {
+            Ok(shutdown) => return ExitCode::from(runtime.block_on(smtptap::serve::run(args, shutdown))),
+            Err(e) => Err(format!("cannot handle SIGINT and SIGTERM: {e}")),
+        },
         Cmd::Sink(args) => return ExitCode::from(runtime.block_on(smtptap::server::sink::run(args))),
         Cmd::Proxy(args) => {
             let live_check = args.check.then(|| smtptap::check::live::LiveCheck::spawn(args.record_dir.clone()));
@@ -73,7 +76,7 @@ fn report_exit(result: std::io::Result<u8>) -> ExitCode {
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, so that a signal sent once
-/// the proxy says it is listening is never lost; the future completes on either.
+/// the proxy (or serve) says it is listening is never lost; the future completes on either.
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
