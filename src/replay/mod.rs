@@ -1,28 +1,42 @@
 //! `smtptap replay`: sends the client side of recordings to a target server
-//! and compares its replies with the recorded ones (SPEC.md).
+//! and compares its replies with the recorded ones (SPEC.md); with
+//! `--concurrency`/`--repeat`, a load generator.
 //!
 //! - [`script`] (sans-IO): a recording as groups of bytes to send and the
-//!   replies expected for them; refuses what cannot be replayed faithfully.
+//!   replies expected for them, over the TLS the recorded server saw (see
+//!   there for the rules); refuses what cannot be replayed faithfully.
+//! - [`credentials`] (sans-IO): `--auth-user`/`--auth-password-env` in place
+//!   of redacted AUTH data; [`placeholder`]: content for `--no-bodies`.
 //! - [`compare`] (sans-IO): `--match code|enhanced|text` and the output line.
-//! - [`client`]: the plaintext TCP client.
+//! - [`client`]: the TCP/TLS client; [`session`]: one run of one script.
+//! - [`pool`]: the runs on worker tasks; [`stats`]: latency histograms.
+//! - [`report`]: totals, summary, JSON and exit code; [`junit`]: JUnit XML.
 //!
 //! Every recording is read and scripted before anything connects, so a
-//! recording that cannot be replayed stops the run with exit 2 and no
-//! connection made. Then sessions are replayed one after another.
-//!
-//! Not yet: TLS towards the target, credential substitution, placeholder
-//! bodies for `--no-bodies` recordings, load mode (see issue 5).
+//! recording that cannot be replayed (a secret redacted and none given, a
+//! damaged file) stops the run with exit 2 and no connection made.
 
 pub mod client;
 pub mod compare;
+pub mod credentials;
+pub mod junit;
+mod md5;
+pub mod placeholder;
+pub mod pool;
+pub mod report;
 pub mod script;
+pub mod session;
+pub mod stats;
 
 use crate::record::reader::{Recording, list_recordings};
 use crate::tls::TlsMode;
-use client::{Client, ClientError};
+use crate::tls::config::{TlsConfigError, UpstreamTls, upstream_roots};
+use client::TlsTarget;
 use compare::MatchMode;
-use script::{Expected, Script, TlsPlan};
-use serde::Serialize;
+use credentials::Credentials;
+use report::{Load, Report};
+use rustls_pki_types::ServerName;
+use script::{Plan, Script, TlsPlan};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,97 +49,102 @@ pub struct ReplayArgs {
     /// The server to replay against.
     #[arg(long, value_name = "HOST:PORT")]
     pub target: String,
-    /// TLS towards the target; only `off` is implemented (plaintext, even where the recording used TLS).
+    /// TLS towards the target [default: as the recorded server saw it].
     #[arg(long, value_enum)]
     pub tls: Option<TlsMode>,
+    /// Extra trust anchors for the target's certificate (PEM), besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub target_ca: Option<PathBuf>,
+    /// Do not verify the target's certificate (a test server's).
+    #[arg(long)]
+    pub insecure: bool,
+    /// User to put in place of the recorded one in redacted AUTH data.
+    #[arg(long, value_name = "USER")]
+    pub auth_user: Option<String>,
+    /// Environment variable holding the password (or OAuth token) to put in place of a redacted one.
+    #[arg(long, value_name = "VAR")]
+    pub auth_password_env: Option<String>,
     /// What must agree: the 3-digit code; code + enhanced status; or the whole text.
     #[arg(long = "match", value_enum, default_value_t = MatchMode::Enhanced)]
     pub match_mode: MatchMode,
+    /// Sessions replayed at once (load mode).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Times each recording is replayed (load mode).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// User to put in place of a redacted one (not implemented yet).
-    #[arg(long, value_name = "USER")]
-    pub auth_user: Option<String>,
-    /// Environment variable holding the password to put in place of a redacted one (not implemented yet).
-    #[arg(long, value_name = "VAR")]
-    pub auth_password_env: Option<String>,
-    /// Longest wait for the connection and for each reply.
+    /// Write the results as JUnit XML to FILE, one test case per recording.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Longest wait for the connection, the TLS handshake and each reply.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
 }
 
-/// The JSON report (`--report`), and the totals of the summary line.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub target: String,
-    #[serde(rename = "match")]
-    pub match_mode: MatchMode,
-    pub sessions: usize,
-    pub exchanges: usize,
-    pub matched: usize,
-    pub differed: usize,
-    pub errors: usize,
-    pub results: Vec<SessionResult>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct SessionResult {
-    /// Numbered from 1 in replay order.
-    pub session: usize,
+/// A recording ready to replay.
+#[derive(Debug)]
+pub struct Prepared {
     pub path: PathBuf,
-    pub exchanges: usize,
-    pub matched: usize,
-    pub differed: usize,
-    pub errors: usize,
-    /// Why the session could not be replayed to its end.
-    pub error: Option<String>,
-    pub differences: Vec<Difference>,
-}
-
-/// One exchange whose reply differed, or that got none.
-#[derive(Debug, Serialize)]
-pub struct Difference {
-    pub seq: u64,
-    pub command: String,
-    pub expected: crate::record::format::ReplyRecord,
-    /// The reply received; null when none came.
-    pub got: Option<crate::record::format::ReplyRecord>,
-    /// What happened instead of a reply.
-    pub problem: Option<String>,
-    /// The output line.
-    pub line: String,
+    pub script: Script,
+    /// TLS towards the target, when the script uses it.
+    pub tls: Option<TlsTarget>,
+    /// What is replayed other than recorded.
+    pub notes: Vec<String>,
 }
 
 /// Runs `smtptap replay`; returns the exit code (0 all matched, 1 some
 /// differed, 2 could not run).
 pub async fn run(args: ReplayArgs) -> u8 {
-    match prepare(&args) {
-        Ok(scripts) => {
-            let report = replay_all(&args, scripts).await;
-            finish(&args, &report)
-        }
+    let prepared = match prepare(&args) {
+        Ok(prepared) => prepared,
         Err(message) => {
             eprintln!("smtptap replay: {message}");
-            2
-        }
-    }
-}
-
-/// Reads and scripts every recording; the first that cannot be replayed
-/// stops the run before anything connects.
-fn prepare(args: &ReplayArgs) -> Result<Vec<(PathBuf, Script)>, String> {
-    if args.auth_user.is_some() || args.auth_password_env.is_some() {
-        return Err("--auth-user / --auth-password-env: credential substitution is not implemented yet".into());
-    }
-    let plan = match args.tls {
-        None => TlsPlan::AsRecorded,
-        Some(TlsMode::Off) => TlsPlan::Off,
-        Some(mode) => {
-            let mode = format!("{mode:?}").to_lowercase();
-            return Err(format!("--tls {mode}: TLS replay is not implemented yet; only --tls off (plaintext) is"));
+            return 2;
         }
     };
+    let job = pool::Job {
+        prepared,
+        target: args.target.clone(),
+        mode: args.match_mode,
+        timeout: Duration::from_secs(args.timeout),
+        concurrency: args.concurrency as usize,
+        repeat: args.repeat as usize,
+    };
+    let load = job.is_load();
+    let done = pool::run(job).await;
+    let mut report = Report { target: args.target.clone(), match_mode: args.match_mode, ..Report::default() };
+    report.results = done.results;
+    report.total();
+    if load {
+        let seconds = done.elapsed.as_secs_f64().max(1e-6);
+        report.load = Some(Load {
+            concurrency: args.concurrency as usize,
+            repeat: args.repeat as usize,
+            seconds,
+            sessions_per_second: report.sessions as f64 / seconds,
+            messages: done.messages,
+            messages_per_second: done.messages as f64 / seconds,
+            latency: done.latencies.rows(),
+        });
+    }
+    finish(&args, &report)
+}
+
+/// Reads and scripts every recording and sets up TLS; the first problem
+/// stops the run before anything connects.
+fn prepare(args: &ReplayArgs) -> Result<Vec<Prepared>, String> {
+    let credentials = credentials(args)?;
+    let tls = match args.tls {
+        None => TlsPlan::AsRecorded,
+        Some(TlsMode::Off) => TlsPlan::Off,
+        Some(TlsMode::Starttls) => TlsPlan::Starttls,
+        Some(TlsMode::Implicit) => TlsPlan::Implicit,
+    };
+    let plan = Plan { tls, credentials };
+    let host = target_host(&args.target)?;
     let files = expand(&args.recordings)?;
     if files.is_empty() {
         return Err("no recordings (*.jsonl) found".into());
@@ -145,20 +164,110 @@ fn prepare(args: &ReplayArgs) -> Result<Vec<(PathBuf, Script)>, String> {
                     lines.join("; ")
                 ));
             }
-            Ok(recording) => match script::build(&recording, plan) {
+            Ok(recording) => match script::build(&recording, &plan) {
                 Ok(script) => scripts.push((path, script)),
                 Err(e) => problems.push(format!("{}: {e}", path.display())),
             },
             Err(e) => problems.push(e.to_string()),
         }
     }
-    if problems.is_empty() {
-        Ok(scripts)
-    } else {
+    if !problems.is_empty() {
         let n = problems.len();
         let which = if n == 1 { "1 recording".to_owned() } else { format!("{n} recordings") };
-        Err(format!("{which} cannot be replayed; nothing was sent:\n  {}", problems.join("\n  ")))
+        return Err(format!("{which} cannot be replayed; nothing was sent:\n  {}", problems.join("\n  ")));
     }
+    let config = if scripts.iter().any(|(_, s)| s.uses_tls()) { Some(tls_config(args)?) } else { None };
+    let mut prepared = Vec::with_capacity(scripts.len());
+    for (path, script) in scripts {
+        let tls = match &config {
+            Some(config) if script.uses_tls() => {
+                Some(TlsTarget { config: config.clone(), name: server_name(&host, script.sni.as_deref())? })
+            }
+            _ => None,
+        };
+        let notes = notes(&script, args.tls);
+        for note in &notes {
+            eprintln!("smtptap replay: {}: {note}", path.display());
+        }
+        prepared.push(Prepared { path, script, tls, notes });
+    }
+    Ok(prepared)
+}
+
+/// `--auth-user` and the value of `--auth-password-env`'s variable.
+fn credentials(args: &ReplayArgs) -> Result<Credentials, String> {
+    let password = match &args.auth_password_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => {
+                return Err(format!("--auth-password-env {var}: the environment variable {var} is not set"));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(format!("--auth-password-env {var}: the value of {var} is not UTF-8"));
+            }
+        },
+    };
+    Ok(Credentials { user: args.auth_user.clone(), password })
+}
+
+/// The host part of `HOST:PORT` (brackets of an IPv6 address removed).
+fn target_host(target: &str) -> Result<String, String> {
+    match target.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+        }
+        _ => Err(format!("--target {target}: expected HOST:PORT, e.g. mail.example.com:587")),
+    }
+}
+
+/// The name sent as SNI and verified: the target's host name; for a target
+/// given as an address, the name the recording used for TLS, if any.
+fn server_name(host: &str, recorded: Option<&str>) -> Result<ServerName<'static>, String> {
+    let name = match (host.parse::<std::net::IpAddr>(), recorded) {
+        (Ok(_), Some(recorded)) => recorded,
+        _ => host,
+    };
+    ServerName::try_from(name.to_owned()).map_err(|e| format!("{name} cannot be used as a TLS server name: {e}"))
+}
+
+/// The client TLS configuration: system roots plus `--target-ca`, or none
+/// checked with `--insecure`.
+fn tls_config(args: &ReplayArgs) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let trust = upstream_roots(args.target_ca.as_deref()).map_err(|e| match e {
+        TlsConfigError::NoRoots => {
+            "no trust anchors for the target: the system has no CA certificates; pass --target-ca FILE".to_owned()
+        }
+        e => format!("--target-ca: {e}"),
+    })?;
+    if args.insecure {
+        eprintln!(
+            "smtptap replay: warning: --insecure: the target's certificate is not verified; anyone on the path can read and change the sessions, credentials included"
+        );
+    }
+    UpstreamTls::new(trust, args.insecure).map(|t| t.config).map_err(|e| e.to_string())
+}
+
+/// What a script sends other than recorded, said once before the run.
+fn notes(script: &Script, tls: Option<TlsMode>) -> Vec<String> {
+    let mut notes: Vec<String> = script
+        .placeholders
+        .iter()
+        .map(|seq| {
+            format!(
+                "exchange #{seq}: the body was not recorded (--no-bodies); sending a placeholder of the recorded size with the recorded headers"
+            )
+        })
+        .collect();
+    if script.skipped_starttls > 0 {
+        let mode = if tls == Some(TlsMode::Implicit) { "implicit" } else { "off" };
+        notes.push(format!("STARTTLS left out (--tls {mode})"));
+    }
+    if script.own_starttls.is_some() {
+        notes
+            .push("the recording never upgraded: sending EHLO and STARTTLS after the greeting (--tls starttls)".into());
+    }
+    notes
 }
 
 /// Files as given; directories as their `*.jsonl` files in name order.
@@ -174,212 +283,61 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-async fn replay_all(args: &ReplayArgs, scripts: Vec<(PathBuf, Script)>) -> Report {
-    let mut report = Report { target: args.target.clone(), match_mode: args.match_mode, ..Report::default() };
-    let timeout = Duration::from_secs(args.timeout);
-    for (i, (path, script)) in scripts.into_iter().enumerate() {
-        let result = replay_session(i + 1, &path, &script, &args.target, args.match_mode, timeout).await;
-        report.sessions += 1;
-        report.exchanges += result.exchanges;
-        report.matched += result.matched;
-        report.differed += result.differed;
-        report.errors += result.errors;
-        report.results.push(result);
-    }
-    report
-}
-
-/// Replays one session. Differences are printed as they are found.
-async fn replay_session(
-    number: usize,
-    path: &Path,
-    script: &Script,
-    target: &str,
-    mode: MatchMode,
-    timeout: Duration,
-) -> SessionResult {
-    let mut s = Session {
-        number,
-        mode,
-        result: SessionResult {
-            session: number,
-            path: path.to_owned(),
-            exchanges: script.expected_count(),
-            ..SessionResult::default()
-        },
-    };
-    let mut client = match Client::connect(target, timeout).await {
-        Ok(c) => c,
-        Err(e) => {
-            // Nothing was compared: every expected reply counts as an error.
-            out(&format!("session {number} error: {e}"));
-            s.result.errors = s.result.exchanges;
-            s.result.error = Some(e);
-            return s.result;
-        }
-    };
-    if let Some(greeting) = &script.greeting {
-        let got = client.read_reply().await;
-        if let Err(e) = s.check(greeting, got) {
-            s.abort(script.groups.iter().flat_map(|g| &g.expects), &e);
-            client.close().await;
-            return s.result;
-        }
-    }
-    // The last reply received, to know whether DATA was accepted.
-    let mut last_code = 0u16;
-    for (i, group) in script.groups.iter().enumerate() {
-        let rest = || script.groups[i..].iter().flat_map(|g| &g.expects);
-        if group.after_data && last_code != 354 {
-            let why = format!("nothing: message not sent, DATA was answered {last_code}");
-            s.abort(rest(), &why);
-            break;
-        }
-        if let Err(e) = client.send(&group.bytes).await {
-            s.abort(rest(), &e.to_string());
-            break;
-        }
-        let mut failed = None;
-        for (j, expected) in group.expects.iter().enumerate() {
-            if expected.reply.is_none() {
-                continue; // the recording ended before this reply
-            }
-            let got = client.read_reply().await;
-            if let Ok(reply) = &got {
-                last_code = reply.code;
-            }
-            if let Err(e) = s.check(expected, got) {
-                failed = Some((j, e));
-                break;
-            }
-        }
-        if let Some((j, e)) = failed {
-            s.abort(group.expects[j + 1..].iter().chain(script.groups[i + 1..].iter().flat_map(|g| &g.expects)), &e);
-            break;
-        }
-        // DATA accepted although the recording has no content next: the
-        // server now reads everything as message data, so stop here.
-        let next_is_content = script.groups.get(i + 1).is_some_and(|g| g.after_data);
-        if last_code == 354 && !next_is_content && i + 1 < script.groups.len() {
-            let why = "nothing: DATA was accepted (354) but the recording sends no message content";
-            s.abort(script.groups[i + 1..].iter().flat_map(|g| &g.expects), why);
-            break;
-        }
-    }
-    client.close().await;
-    s.result
-}
-
-struct Session {
-    number: usize,
-    mode: MatchMode,
-    result: SessionResult,
-}
-
-impl Session {
-    /// Compares one reply; an error (no reply) is returned for the caller to stop.
-    fn check(
-        &mut self,
-        expected: &Expected,
-        got: Result<crate::smtp::reply::Reply, ClientError>,
-    ) -> Result<(), String> {
-        let Some(want) = &expected.reply else { return Ok(()) };
-        match got {
-            Ok(reply) if compare::matches(self.mode, want, &reply) => {
-                self.result.matched += 1;
-                Ok(())
-            }
-            Ok(reply) => {
-                let line = compare::diff_line(
-                    self.number,
-                    expected.seq,
-                    &expected.label,
-                    &compare::show_expected(self.mode, want, Some(&reply)),
-                    &compare::show_got(self.mode, want, &reply),
-                );
-                self.result.differed += 1;
-                self.emit(expected, want, Some((&reply).into()), None, line);
-                Ok(())
-            }
-            Err(e) => {
-                let why = e.to_string();
-                self.no_reply(expected, &why);
-                Err(why)
-            }
-        }
-    }
-
-    /// An exchange that got no reply: counted as an error.
-    fn no_reply(&mut self, expected: &Expected, why: &str) {
-        let Some(want) = &expected.reply else { return };
-        let line = compare::diff_line(
-            self.number,
-            expected.seq,
-            &expected.label,
-            &compare::show_expected(self.mode, want, None),
-            why,
-        );
-        self.result.errors += 1;
-        if self.result.error.is_none() {
-            self.result.error = Some(why.to_owned());
-        }
-        self.emit(expected, want, None, Some(why.to_owned()), line);
-    }
-
-    /// The rest of the session cannot be replayed: the first is reported, the
-    /// others only counted.
-    fn abort<'a>(&mut self, rest: impl Iterator<Item = &'a Expected>, why: &str) {
-        let mut rest = rest.filter(|e| e.reply.is_some());
-        if let Some(first) = rest.next() {
-            self.no_reply(first, why);
-        } else if self.result.error.is_none() {
-            self.result.error = Some(why.to_owned());
-        }
-        self.result.errors += rest.count();
-    }
-
-    fn emit(
-        &mut self,
-        expected: &Expected,
-        want: &crate::record::format::ReplyRecord,
-        got: Option<crate::record::format::ReplyRecord>,
-        problem: Option<String>,
-        line: String,
-    ) {
-        out(&line);
-        self.result.differences.push(Difference {
-            seq: expected.seq,
-            command: expected.label.clone(),
-            expected: want.clone(),
-            got,
-            problem,
-            line,
-        });
-    }
-}
-
-/// Prints the summary line, writes the report; the exit code.
+/// Prints the differences (load mode: each distinct line once, at the
+/// end), the summary and load figures; writes the reports; the exit code.
 fn finish(args: &ReplayArgs, report: &Report) -> u8 {
-    out(&format!(
-        "{} session{}, {} exchanges: {} matched, {} differed, {} errors",
-        report.sessions,
-        if report.sessions == 1 { "" } else { "s" },
-        report.exchanges,
-        report.matched,
-        report.differed,
-        report.errors
-    ));
+    if let Some(load) = &report.load {
+        for d in report.results.iter().flat_map(|r| &r.tally.differences) {
+            match d.count {
+                1 => out(&d.line),
+                n => out(&format!("{}  ({n} times)", d.line)),
+            }
+        }
+        out(&report.summary());
+        for line in load_lines(load) {
+            out(&line);
+        }
+    } else {
+        out(&report.summary());
+    }
+    let mut code = report.exit_code();
     if let Some(path) = &args.report {
-        let written = serde_json::to_vec_pretty(report).map_err(|e| e.to_string()).and_then(|mut json| {
+        let json = serde_json::to_vec_pretty(report).map(|mut json| {
             json.push(b'\n');
-            std::fs::write(path, json).map_err(|e| e.to_string())
+            json
         });
-        if let Err(e) = written {
+        if let Err(e) = json.map_err(|e| e.to_string()).and_then(|j| write_file(path, &j)) {
             eprintln!("smtptap replay: cannot write the report {}: {e}", path.display());
-            return 2;
+            code = 2;
         }
     }
-    exit_code(report)
+    if let Some(path) = &args.junit
+        && let Err(e) = write_file(path, junit::junit(report).as_bytes())
+    {
+        eprintln!("smtptap replay: cannot write the JUnit report {}: {e}", path.display());
+        code = 2;
+    }
+    code
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| e.to_string())
+}
+
+/// Throughput and the latency table.
+fn load_lines(load: &Load) -> Vec<String> {
+    let mut lines = vec![format!(
+        "load: {:.2} s at concurrency {}: {:.1} sessions/s, {:.1} messages/s ({} messages)",
+        load.seconds, load.concurrency, load.sessions_per_second, load.messages_per_second, load.messages
+    )];
+    lines.push(format!("{:<12} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency ms", "count", "p50", "p90", "p99", "max"));
+    for row in &load.latency {
+        lines.push(format!(
+            "{:<12} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            row.verb, row.count, row.p50_ms, row.p90_ms, row.p99_ms, row.max_ms
+        ));
+    }
+    lines
 }
 
 /// One line of output. A reader that went away (`| head`) does not stop
@@ -389,45 +347,48 @@ fn out(line: &str) {
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
-/// 2 when some session could not be replayed at all (no connection, no
-/// greeting); 1 when some reply differed or never came; else 0.
-pub fn exit_code(report: &Report) -> u8 {
-    let unreachable = report.results.iter().any(|r| r.error.is_some() && r.matched + r.differed == 0);
-    if unreachable {
-        2
-    } else if report.differed > 0 || report.errors > 0 {
-        1
-    } else {
-        0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use report::{SessionResult, Tally};
 
     fn session(matched: usize, differed: usize, errors: usize, error: Option<&str>) -> SessionResult {
-        SessionResult { matched, differed, errors, error: error.map(str::to_owned), ..SessionResult::default() }
+        let mut result = SessionResult::default();
+        result.add(Tally { matched, differed, errors, error: error.map(str::to_owned), ..Tally::default() });
+        result
     }
 
     fn report(results: Vec<SessionResult>) -> Report {
-        Report {
-            matched: results.iter().map(|r| r.matched).sum(),
-            differed: results.iter().map(|r| r.differed).sum(),
-            errors: results.iter().map(|r| r.errors).sum(),
-            results,
-            ..Report::default()
-        }
+        let mut report = Report { results, ..Report::default() };
+        report.total();
+        report
     }
 
     #[test]
     fn exit_codes() {
-        assert_eq!(exit_code(&report(vec![session(5, 0, 0, None)])), 0);
-        assert_eq!(exit_code(&report(vec![session(4, 1, 0, None)])), 1);
+        assert_eq!(report(vec![session(5, 0, 0, None)]).exit_code(), 0);
+        assert_eq!(report(vec![session(4, 1, 0, None)]).exit_code(), 1);
         // The server closed in the middle: a difference in behaviour.
-        assert_eq!(exit_code(&report(vec![session(3, 0, 2, Some("no reply (connection closed)"))])), 1);
+        assert_eq!(report(vec![session(3, 0, 2, Some("no reply (connection closed)"))]).exit_code(), 1);
         // A session that could not run at all.
         let refused = session(0, 0, 5, Some("cannot connect"));
-        assert_eq!(exit_code(&report(vec![session(5, 0, 0, None), refused])), 2);
+        assert_eq!(report(vec![session(5, 0, 0, None), refused]).exit_code(), 2);
+    }
+
+    #[test]
+    fn target_names() {
+        assert_eq!(target_host("mx.test:25").unwrap(), "mx.test");
+        assert_eq!(target_host("[::1]:2525").unwrap(), "::1");
+        assert!(target_host("mx.test").unwrap_err().contains("expected HOST:PORT"));
+        let name = |host, recorded| format!("{:?}", server_name(host, recorded).unwrap());
+        assert_eq!(
+            name("mx.test", Some("mail.example.com")),
+            format!("{:?}", ServerName::try_from("mx.test").unwrap())
+        );
+        assert_eq!(
+            name("127.0.0.1", Some("mail.example.com")),
+            format!("{:?}", ServerName::try_from("mail.example.com").unwrap())
+        );
+        assert_eq!(name("127.0.0.1", None), format!("{:?}", ServerName::try_from("127.0.0.1").unwrap()));
     }
 }

@@ -2,6 +2,10 @@ use super::*;
 use crate::record::format::{Body, CommandRecord};
 use std::collections::BTreeMap;
 
+fn plan(tls: TlsPlan) -> Plan {
+    Plan { tls, credentials: Credentials::default() }
+}
+
 fn reply(code: u16, enhanced: Option<&str>) -> Option<ReplyRecord> {
     Some(ReplyRecord {
         code,
@@ -46,7 +50,11 @@ fn message(content: &str) -> Option<MessageRecord> {
 }
 
 fn build_all(exchanges: &[Exchange]) -> Result<Script, ScriptError> {
-    build_from(&exchanges.iter().collect::<Vec<_>>(), TlsPlan::AsRecorded)
+    build_with(exchanges, &plan(TlsPlan::AsRecorded))
+}
+
+fn build_with(exchanges: &[Exchange], plan: &Plan) -> Result<Script, ScriptError> {
+    build_from(&exchanges.iter().collect::<Vec<_>>(), &Facts::default(), plan)
 }
 
 fn sent(script: &Script) -> Vec<String> {
@@ -147,59 +155,145 @@ fn bdat_sizes_that_do_not_add_up_are_refused() {
 }
 
 #[test]
-fn what_the_client_never_sent_is_left_out() {
+fn the_proxys_own_upgrade_is_replayed_and_its_own_answers_are_not() {
     let mut proxy_ehlo = exchange(1, Some("EHLO smtptap"), false, 250);
     proxy_ehlo.origin = Some("proxy".into());
+    let mut proxy_starttls = exchange(2, Some("STARTTLS"), false, 220);
+    proxy_starttls.origin = Some("proxy".into());
+    let mut client_ehlo = exchange(3, Some("EHLO c.test"), false, 250);
+    client_ehlo.tls = false; // the client side stayed plaintext
+    let exchanges = [exchange(0, None, false, 220), proxy_ehlo, proxy_starttls, client_ehlo];
+    let script = build_all(&exchanges).unwrap();
+    assert_eq!(sent(&script), ["EHLO smtptap\r\n", "STARTTLS\r\n", "EHLO c.test\r\n"]);
+    assert_eq!(script.groups[1].starttls, Some(true));
+    assert!(script.uses_tls() && !script.implicit_tls && script.own_starttls.is_none());
+
     let mut local_starttls = exchange(3, Some("STARTTLS"), false, 220);
     local_starttls.answered_by = Some("proxy".into());
     let unasked = exchange(5, None, false, 421);
     let script = build_all(&[
         exchange(0, None, false, 220),
-        proxy_ehlo,
         exchange(2, Some("EHLO c.test"), false, 250),
         local_starttls,
-        exchange(4, Some("NOOP"), false, 250),
+        exchange(4, Some("NOOP"), true, 250),
         unasked,
     ])
     .unwrap();
     assert_eq!(seqs(&script), [vec![2], vec![4]]);
     assert_eq!(sent(&script), ["EHLO c.test\r\n", "NOOP\r\n"]);
+    assert!(!script.uses_tls());
+}
+
+fn with_auth(mut e: Exchange, auth: serde_json::Value) -> Exchange {
+    e.command.as_mut().unwrap().auth = Some(serde_json::from_value(auth).unwrap());
+    e
+}
+
+/// `AUTH PLAIN <redacted>`, then LOGIN's user and password, then CRAM-MD5.
+fn auth_exchanges() -> Vec<Exchange> {
+    let secret = |m: &str, user: &str| serde_json::json!({"mechanism": m, "user": user, "secret": "<redacted>"});
+    let mut login_user = exchange(4, Some("<redacted>"), false, 334);
+    login_user.command.as_mut().unwrap().verb = None;
+    let mut login_password = login_user.clone();
+    login_password.seq = 5;
+    let mut cram = login_user.clone();
+    cram.seq = 7;
+    vec![
+        with_auth(
+            exchange(2, Some("AUTH PLAIN <redacted>"), false, 535),
+            serde_json::json!({"mechanism": "PLAIN", "authzid": "", "authcid": "ann", "secret": "<redacted>"}),
+        ),
+        exchange(3, Some("AUTH LOGIN"), false, 334),
+        with_auth(login_user, serde_json::json!({"mechanism": "LOGIN", "user": "ann"})),
+        with_auth(login_password, secret("LOGIN", "ann")),
+        exchange(6, Some("AUTH CRAM-MD5"), false, 334),
+        with_auth(cram, secret("CRAM-MD5", "ann")),
+    ]
 }
 
 #[test]
-fn redacted_auth_is_refused() {
-    let auth = exchange(2, Some("AUTH PLAIN <redacted>"), false, 235);
-    let err = build_all(&[exchange(1, Some("EHLO c"), false, 250), auth]).unwrap_err();
-    assert_eq!(err, ScriptError::RedactedAuth { seq: 2 });
-    assert!(err.to_string().contains("--auth-user / --auth-password-env"), "{err}");
+fn redacted_secrets_are_rebuilt_from_the_credentials() {
+    let credentials = Credentials { user: None, password: Some("pw".into()) };
+    let script = build_with(&auth_exchanges(), &Plan { tls: TlsPlan::AsRecorded, credentials }).unwrap();
+    let b64 = |s: &str| B64.encode(s);
+    assert_eq!(
+        sent(&script),
+        [
+            format!("AUTH PLAIN {}\r\n", b64("\0ann\0pw")),
+            "AUTH LOGIN\r\n".into(),
+            format!("{}\r\n", b64("ann")),
+            format!("{}\r\n", b64("pw")),
+            "AUTH CRAM-MD5\r\n".into(),
+            String::new(),
+        ]
+    );
+    let cram = script.groups[5].cram_md5.as_ref().expect("computed from the challenge");
+    assert_eq!(cram.user, "ann");
+    assert_eq!(script.groups[5].expects[0].label, "<redacted>", "the label never shows the secret");
+    assert_eq!(script.groups[5].expects[0].verb, "AUTH");
+    assert!(!format!("{script:?}").contains(&b64("\0ann\0pw")), "Debug shows no secret");
 }
 
 #[test]
-fn tls_is_refused_unless_off_is_asked_for() {
+fn a_missing_secret_is_refused_once_naming_the_flag() {
+    let err = build_all(&auth_exchanges()).unwrap_err();
+    assert!(matches!(err, ScriptError::Credentials { seq: 2, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("exchange #2: AUTH PLAIN for ann") && text.contains("--auth-password-env VAR"), "{text}");
+}
+
+#[test]
+fn tls_as_recorded_or_as_asked() {
     let mut after = exchange(3, Some("EHLO c"), false, 250);
     after.tls = true;
+    after.pipelined = Some(true); // a new group all the same: TLS started in between
     let exchanges = [exchange(1, Some("EHLO c"), false, 250), exchange(2, Some("STARTTLS"), false, 220), after];
-    let err = build_all(&exchanges).unwrap_err();
-    assert_eq!(err, ScriptError::TlsNotImplemented { seq: 3 });
-    assert!(err.to_string().contains("--tls off"), "{err}");
-    let script = build_from(&exchanges.iter().collect::<Vec<_>>(), TlsPlan::Off).unwrap();
-    assert_eq!(sent(&script), ["EHLO c\r\n", "EHLO c\r\n"]);
-    assert_eq!(script.skipped_starttls, 1);
+    let script = build_all(&exchanges).unwrap();
+    assert_eq!(sent(&script), ["EHLO c\r\n", "STARTTLS\r\n", "EHLO c\r\n"]);
+    assert_eq!(script.groups.iter().map(|g| g.starttls).collect::<Vec<_>>(), [None, Some(true), None]);
+    assert_eq!(build_with(&exchanges, &plan(TlsPlan::Starttls)).unwrap(), script);
+
+    for tls in [TlsPlan::Off, TlsPlan::Implicit] {
+        let script = build_with(&exchanges, &plan(tls)).unwrap();
+        assert_eq!(sent(&script), ["EHLO c\r\n", "EHLO c\r\n"]);
+        assert_eq!(script.skipped_starttls, 1);
+        assert_eq!(script.implicit_tls, tls == TlsPlan::Implicit);
+    }
+
+    let plain = [exchange(1, Some("EHLO c"), false, 250), exchange(2, Some("QUIT"), false, 221)];
+    let script = build_with(&plain, &plan(TlsPlan::Starttls)).unwrap();
+    assert_eq!(script.own_starttls.as_deref(), Some(&b"EHLO c\r\n"[..]));
+    assert_eq!(sent(&script), ["EHLO c\r\n", "QUIT\r\n"]);
+    let implicit = Facts { implicit_tls: true, ..Facts::default() };
+    let refs: Vec<&Exchange> = plain.iter().collect();
+    assert!(build_from(&refs, &implicit, &plan(TlsPlan::AsRecorded)).unwrap().implicit_tls);
+    assert!(!build_from(&refs, &implicit, &plan(TlsPlan::Off)).unwrap().uses_tls());
 }
 
 #[test]
 fn refused_starttls_is_replayed() {
     let script = build_all(&[exchange(2, Some("STARTTLS"), false, 454)]).unwrap();
     assert_eq!(sent(&script), ["STARTTLS\r\n"]);
+    assert_eq!(script.groups[0].starttls, Some(false));
 }
 
 #[test]
-fn bodies_not_recorded_are_refused() {
+fn bodies_not_recorded_are_sent_as_placeholders() {
     let mut content = exchange(3, None, false, 250);
-    content.message = Some(MessageRecord { body: None, ..message("x").unwrap() });
-    let err = build_all(&[exchange(2, Some("DATA"), false, 354), content]).unwrap_err();
-    assert_eq!(err, ScriptError::NoBody { seq: 3 });
-    assert!(err.to_string().contains("--no-bodies"));
+    let mut headers = BTreeMap::new();
+    headers.insert("subject".to_owned(), "x".to_owned());
+    content.message = Some(MessageRecord { body: None, headers, ..message(&"y".repeat(60)).unwrap() });
+    let script = build_all(&[exchange(2, Some("DATA"), false, 354), content]).unwrap();
+    assert_eq!(script.placeholders, [3]);
+    let content = &sent(&script)[1];
+    assert!(content.starts_with("Subject: x\r\n\r\n[smtptap replay: placeholder") && content.ends_with("\r\n.\r\n"));
+    assert_eq!(content.len(), 60 + 3);
+    assert_eq!(script.groups[1].expects[0].label, "(placeholder message, 60 octets)");
+
+    let mut last = exchange(5, Some("BDAT 25 LAST"), true, 250);
+    last.message = Some(MessageRecord { body: None, ..message(&"z".repeat(35)).unwrap() });
+    let script = build_all(&[exchange(4, Some("BDAT 10"), false, 250), last]).unwrap();
+    assert_eq!(sent(&script)[0].len(), "BDAT 10\r\n".len() + 10 + "BDAT 25 LAST\r\n".len() + 25);
 }
 
 #[test]
@@ -209,19 +303,4 @@ fn a_line_cut_at_the_end_of_the_recording_ends_the_script() {
     cut.reply = None;
     let script = build_all(&[exchange(1, Some("MAIL FROM:<a@x>"), false, 250), cut]).unwrap();
     assert_eq!(sent(&script), ["MAIL FROM:<a@x>\r\n"]);
-}
-
-#[test]
-fn every_kind_of_refusal_is_named_once() {
-    let mut auth = exchange(4, Some("AUTH PLAIN <redacted>"), false, 235);
-    auth.tls = true;
-    let mut again = exchange(5, Some("AUTH LOGIN <redacted>"), false, 535);
-    again.tls = true;
-    let err = build_all(&[exchange(1, Some("EHLO c"), false, 250), auth, again]).unwrap_err();
-    assert_eq!(
-        err,
-        ScriptError::Several(vec![ScriptError::TlsNotImplemented { seq: 4 }, ScriptError::RedactedAuth { seq: 4 }])
-    );
-    let text = err.to_string();
-    assert!(text.contains("--tls off") && text.contains("--auth-user"), "{text}");
 }
