@@ -25,6 +25,7 @@
 //! - [`serve`]: `smtptap serve`, the server side of a recording played to
 //!   any client, reporting where the client departs from it.
 //! - [`cli`]: command-line flags, resolved into config structs.
+//! - [`shutdown`]: SIGINT and SIGTERM, for the commands that run until stopped.
 
 pub mod auth;
 pub mod check;
@@ -35,5 +36,6 @@ pub mod replay;
 pub mod serve;
 pub mod server;
 pub mod show;
+pub mod shutdown;
 pub mod smtp;
 pub mod tls;
