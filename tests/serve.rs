@@ -224,6 +224,39 @@ fn starttls_is_served_with_a_certificate_from_the_ca_dir() {
 }
 
 #[test]
+fn implicit_tls_is_served_as_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = write_file(dir.path(), "m.eml", b"Subject: implicit\r\n\r\nhello\r\n");
+    let proxy = Proxy::start(&["--client-tls", "implicit"]);
+    let script = peer_script("smtplib_tls.py");
+    let send = |addr: SocketAddr, ca: &Path| {
+        let port = addr.port().to_string();
+        let args = [path_str(&script), "implicit", "127.0.0.1", &port, path_str(ca), path_str(&message)];
+        run_peer("python3", &args, None)
+    };
+    assert_success(&send(proxy.addr, &proxy.ca_cert()), "smtplib implicit TLS through the proxy");
+    let serve = Serve::start(&recording(&proxy), &["--once"]);
+    assert_success(&send(serve.addr, &serve.ca()), "smtplib implicit TLS against serve");
+    let (code, output) = serve.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert_summary(&output, 1, 0);
+}
+
+#[test]
+fn starttls_can_be_served_for_a_plaintext_recording() {
+    let proxy = Proxy::start(&PLAINTEXT);
+    assert_success(&swaks(proxy.addr, &[]), "swaks through the proxy");
+    let serve = Serve::start(&recording(&proxy), &["--once", "--tls", "starttls"]);
+    let ca = serve.ca();
+    let out = swaks(serve.addr, &["--tls", "--tls-verify", "--tls-ca-path", path_str(&ca)]);
+    assert_success(&out, "swaks STARTTLS against serve");
+    assert!(stdout(&out).contains("<~  250 2.0.0 Ok: queued as"), "{}", output_text(&out));
+    let (code, output) = serve.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert_summary(&output, 1, 0);
+}
+
+#[test]
 fn auth_plain_and_login_are_served_whatever_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

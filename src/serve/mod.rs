@@ -36,7 +36,8 @@ answered 221. Past the end of the recording: 421 4.3.0 and the connection closes
 responses are read and answered as recorded, not compared (AUTH is matched by mechanism, never by secret).
 
 Output: `connection N #SEQ expected <recorded>  got <client>` per divergence, and \
-`connection N: M commands, K diverged` when a connection ends.";
+`connection N: M commands, K diverged` when a connection ends. Exit code: 0 after SIGINT/SIGTERM; with --once, \
+0 if the client followed the recording, 1 if it diverged; 2 when serve cannot run.";
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = POLICY)]

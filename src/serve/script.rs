@@ -85,7 +85,7 @@ pub fn recorded_tls(recording: &Recording) -> TlsMode {
         Some(mode) => mode == TlsMode::Implicit,
         None => recording.exchanges().next().is_some_and(|e| e.tls),
     };
-    let starttls = recording.exchanges().filter(served).any(|e| is_starttls_accepted(e));
+    let starttls = recording.exchanges().filter(served).any(is_starttls_accepted);
     if implicit {
         TlsMode::Implicit
     } else if starttls {

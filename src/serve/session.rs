@@ -8,7 +8,8 @@
 //!   SMTP does not know), and the script does not advance, so a client that
 //!   then sends what the recording expects is back on track;
 //! - `QUIT`: always answered `221` (the recorded reply where QUIT is expected)
-//!   and the connection closes;
+//!   and the connection closes; a divergence unless it is expected or the
+//!   recording has ended;
 //! - past the end of the recording: `421 4.3.0 recording ends here`, close.
 //!
 //! Message content (after a `354`, up to CRLF.CRLF; or a BDAT chunk of the
@@ -230,10 +231,12 @@ impl ServeSession {
                     self.pos += 1;
                     (step.reply.clone(), Flow::Close)
                 }
-                _ => {
+                Some(_) => {
                     self.diverge_from(expected, shown(text));
-                    (b"221 2.0.0 Bye\r\n".to_vec(), Flow::Close)
+                    (BYE.to_vec(), Flow::Close)
                 }
+                // Where the recording ends, leaving is no departure from it.
+                None => (BYE.to_vec(), Flow::Close),
             };
         }
         let Some(step) = step else { return (self.recording_ends(shown(text)), Flow::Close) };
@@ -263,6 +266,8 @@ impl ServeSession {
         }
         if matches!(verb.as_str(), "EHLO" | "HELO" | "LHLO") {
             self.last_hello = Some(self.pos - 1);
+        }
+        if matches!(verb.as_str(), "EHLO" | "LHLO") {
             let offer = self.starttls && !self.tls_active;
             if let Some(edited) = with_starttls(&step.reply, offer) {
                 return (edited, flow);
@@ -316,6 +321,7 @@ impl ServeSession {
 }
 
 const RECORDING_ENDS: &[u8] = b"421 4.3.0 recording ends here\r\n";
+const BYE: &[u8] = b"221 2.0.0 Bye\r\n";
 
 /// The reply to a verb the recording does not expect here.
 fn refusal(verb: &str, expected: &Expect) -> Vec<u8> {
@@ -379,6 +385,14 @@ mod tests {
                 step(5, Expect::Message, "250 2.0.0 queued\r\n"),
                 step(6, cmd("QUIT"), "221 2.0.0 Bye\r\n"),
             ],
+            skipped_starttls: 0,
+        })
+    }
+
+    fn one_noop() -> Arc<Script> {
+        Arc::new(Script {
+            greeting: Some(b"220 mx\r\n".to_vec()),
+            steps: vec![step(1, cmd("NOOP"), "250 ok\r\n")],
             skipped_starttls: 0,
         })
     }
@@ -454,15 +468,14 @@ mod tests {
 
     #[test]
     fn past_the_end_the_recording_says_so_and_closes() {
-        let script = Arc::new(Script {
-            greeting: Some(b"220 mx\r\n".to_vec()),
-            steps: vec![step(1, cmd("NOOP"), "250 ok\r\n")],
-            skipped_starttls: 0,
-        });
-        let mut s = greeted(script, false);
+        let mut s = greeted(one_noop(), false);
         let (out, flow, report) = talk(&mut s, "NOOP\r\nRSET\r\n");
         assert_eq!((out.as_str(), flow), ("250 ok\r\n421 4.3.0 recording ends here\r\n", Flow::Close));
         assert_eq!(report, ["expected (end of recording)  got RSET"]);
+        let mut s = greeted(one_noop(), false);
+        let (out, flow, report) = talk(&mut s, "NOOP\r\nQUIT\r\n");
+        assert_eq!((out.as_str(), flow), ("250 ok\r\n221 2.0.0 Bye\r\n", Flow::Close));
+        assert!(report.is_empty(), "{report:?}");
         let mut s =
             ServeSession::new(Arc::new(Script { greeting: None, steps: Vec::new(), skipped_starttls: 0 }), false);
         let mut out = Vec::new();
@@ -498,6 +511,17 @@ mod tests {
         let (out, _, report) = talk(&mut s, "EHLO c\r\n");
         assert_eq!(out, "250-mx\r\n250 SIZE 10\r\n");
         assert!(report.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn helo_replies_have_no_extensions_to_edit() {
+        let script = Arc::new(Script {
+            greeting: Some(b"220 mx\r\n".to_vec()),
+            steps: vec![step(1, cmd("HELO c"), "250 mx\r\n")],
+            skipped_starttls: 0,
+        });
+        let (out, _, _) = talk(&mut greeted(script, true), "HELO c\r\n");
+        assert_eq!(out, "250 mx\r\n");
     }
 
     #[test]
