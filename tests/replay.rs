@@ -1,9 +1,11 @@
 //! `smtptap replay`: sessions recorded through the real proxy from real
-//! clients (swaks, a hand-written client) are replayed against a fresh
-//! built-in server (every reply matches, and it receives the very bytes the
-//! first one did) and against a server whose rules differ (aiosmtpd in
-//! tests/peers/aiosmtpd_policy.py refuses to relay: exit 1 and the differing
-//! line). Recordings that cannot be replayed are refused before connecting.
+//! clients (swaks, Python's smtplib, a hand-written client) are replayed
+//! against a fresh server of the same kind — the built-in one, aiosmtpd with
+//! STARTTLS and AUTH (PLAIN, LOGIN, CRAM-MD5) or implicit TLS — which must
+//! receive the very bytes and messages the first one did, and against servers
+//! whose rules changed (a recipient denied, another password): exit 1 and the
+//! differing line. Load mode runs against Postfix's smtp-sink and ends by
+//! itself. Recordings that cannot be replayed are refused before connecting.
 
 mod common;
 
@@ -13,8 +15,20 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn replay(args: &[&str]) -> Output {
-    Command::new(BIN).arg("replay").args(args).output().expect("run smtptap replay")
+    replay_env(args, &[])
 }
+
+/// `smtptap replay ARGS` with environment variables set.
+fn replay_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("replay").args(args).env_remove(PASSWORD_VAR);
+    cmd.envs(env.iter().copied()).output().expect("run smtptap replay")
+}
+
+/// The environment variable the tests pass passwords in.
+const PASSWORD_VAR: &str = "SMTPTAP_TEST_PASSWORD";
+const USER: &str = "ann@local.test";
+const PASSWORD: &str = "correct horse";
 
 fn swaks(addr: SocketAddr, extra: &[&str]) -> Output {
     let server = addr.to_string();
@@ -42,20 +56,21 @@ fn raw_session(addr: SocketAddr) {
     client.read_to_close();
 }
 
-/// Records swaks (plain and pipelined) and the hand-written session through a
-/// plaintext proxy into a built-in server; returns the proxy and that server.
+/// Records swaks (plain, and pipelined to two recipients) and the
+/// hand-written session through a plaintext proxy into a built-in server;
+/// returns the proxy and that server.
 fn record_sessions() -> (Proxy, CaptureServer) {
     let upstream = CaptureServer::start();
     let target = upstream.addr.to_string();
     let proxy = Proxy::start(&[&PLAINTEXT[..], &["--upstream", &target]].concat());
     swaks(proxy.addr, &[]);
-    swaks(proxy.addr, &["--pipeline", "--body", ".leading dot\n..two\nend"]);
+    swaks(proxy.addr, &["--pipeline", "--to", "b@y.test,c@y.test", "--body", ".leading dot\n..two\nend"]);
     raw_session(proxy.addr);
     proxy.sessions(3);
     (proxy, upstream)
 }
 
-fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
 }
@@ -67,8 +82,17 @@ fn replay_against_a_fresh_builtin_server_matches_and_sends_the_same_bytes() {
 
     let fresh = CaptureServer::start();
     let report = proxy.dir.path().join("report.json");
-    let out =
-        replay(&[path_str(&proxy.record_dir()), "--target", &fresh.addr.to_string(), "--report", path_str(&report)]);
+    let junit = proxy.dir.path().join("junit.xml");
+    let target = fresh.addr.to_string();
+    let out = replay(&[
+        path_str(&proxy.record_dir()),
+        "--target",
+        &target,
+        "--report",
+        path_str(&report),
+        "--junit",
+        path_str(&junit),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let text = stdout(&out);
     assert!(text.contains("3 sessions, ") && text.contains("0 differed, 0 errors"), "{text}");
@@ -86,6 +110,12 @@ fn replay_against_a_fresh_builtin_server_matches_and_sends_the_same_bytes() {
     assert_eq!(report["differed"], 0);
     assert_eq!(report["matched"], report["exchanges"]);
     assert_eq!(report["match"], "enhanced");
+    assert!(report.get("load").is_none(), "no load figures outside load mode");
+
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(junit.contains(r#"tests="3" failures="0" errors="0""#), "{junit}");
+    assert_eq!(junit.matches(r#"classname="smtptap.replay""#).count(), 3, "{junit}");
+    assert!(!junit.contains("<failure") && !junit.contains("<error"), "{junit}");
 }
 
 /// tests/peers/aiosmtpd_policy.py: relays only to local.test unless logged in.
@@ -153,43 +183,68 @@ fn fixture(name: &str) -> String {
 }
 
 #[test]
-fn a_redacted_secret_is_refused_before_connecting() {
+fn a_missing_secret_is_exit_2_before_connecting() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap().to_string();
     let out = replay(&[&fixture("swaks-auth-login-failed.jsonl"), "--target", &target]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("redacted AUTH secret") && err.contains("--auth-user") && err.contains("--auth-password-env"),
+        err.contains("exchange #6: AUTH LOGIN for ann@local.test needs the password, which the recording redacted")
+            && err.contains("--auth-password-env VAR"),
         "{err}"
     );
     assert!(err.contains("nothing was sent"), "{err}");
+
+    let out = replay(&[
+        &fixture("swaks-auth-login-failed.jsonl"),
+        "--target",
+        &target,
+        "--auth-password-env",
+        "NO_SUCH_VAR_X",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(stderr(&out).contains("the environment variable NO_SUCH_VAR_X is not set"), "{}", output_text(&out));
     assert!(!connected(&listener), "replay connected although it could not run");
 }
 
 #[test]
-fn a_tls_recording_is_refused_unless_tls_off_is_asked_for() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = listener.local_addr().unwrap().to_string();
-    let out = replay(&[&fixture("swaks-pipeline.jsonl"), "--target", &target]);
-    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
-    let err = stderr(&out);
-    assert!(err.contains("TLS replay is not implemented yet") && err.contains("--tls off"), "{err}");
-    assert!(!connected(&listener));
-
-    let out = replay(&[&fixture("swaks-pipeline.jsonl"), "--target", &target, "--tls", "starttls"]);
-    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
-    assert!(stderr(&out).contains("not implemented yet"), "{}", output_text(&out));
-
-    // In plaintext, without the STARTTLS, against the built-in server: all match.
+fn tls_off_replays_a_starttls_recording_in_plaintext() {
     let fresh = CaptureServer::start();
     let out = replay(&[&fixture("swaks-pipeline.jsonl"), "--target", &fresh.addr.to_string(), "--tls", "off"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stderr(&out).contains("STARTTLS left out (--tls off)"), "{}", output_text(&out));
     let received = String::from_utf8(fresh.wait_connections(1).remove(0)).unwrap();
     assert!(
         !received.contains("STARTTLS") && received.starts_with("EHLO swaks.test\r\nEHLO swaks.test\r\n"),
         "{received}"
     );
+}
+
+#[test]
+fn a_recording_without_bodies_sends_placeholders_of_the_recorded_size() {
+    let upstream = CaptureServer::start();
+    let target = upstream.addr.to_string();
+    let proxy = Proxy::start(&[&PLAINTEXT[..], &["--upstream", &target, "--no-bodies"]].concat());
+    swaks(proxy.addr, &["--header", "Subject: kept"]);
+    let session = proxy.sessions(1).remove(0);
+    let size = exchanges(&session).iter().find_map(|e| e["message"]["size"].as_u64()).expect("a message");
+
+    let fresh = CaptureServer::start();
+    let out = replay(&[path_str(&proxy.record_dir()), "--target", &fresh.addr.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("the body was not recorded (--no-bodies); sending a placeholder"),
+        "{}",
+        output_text(&out)
+    );
+    let received = fresh.wait_connections(1).remove(0);
+    let text = String::from_utf8(received).unwrap();
+    let start = text.find("DATA\r\n").unwrap() + 6;
+    let end = text.rfind("\r\n.\r\n").unwrap() + 2;
+    let content = &text[start..end];
+    assert_eq!(content.len() as u64, size, "{content}");
+    assert!(content.contains("Subject: kept\r\n") && content.contains("[smtptap replay: placeholder"), "{content}");
 }
 
 #[test]
@@ -229,4 +284,276 @@ fn an_unreachable_target_is_exit_2() {
     let text = stdout(&out);
     assert!(text.starts_with("session 1 error: cannot connect to "), "{text}");
     assert!(text.contains("0 matched, 0 differed, 7 errors"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// aiosmtpd: STARTTLS, AUTH and implicit TLS
+// ---------------------------------------------------------------------------
+
+/// The recordings in `dir` in replay order (file name), parsed.
+fn in_replay_order(dir: &Path) -> Vec<Vec<serde_json::Value>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|f| read_records(f)).collect()
+}
+
+/// aiosmtpd offering STARTTLS and AUTH (tests/peers/aiosmtpd_auth.py):
+/// `USER` with `password` only; its own self-signed certificate.
+struct AuthServer {
+    // Fields drop in order: the process dies before its directory goes.
+    _child: ChildGuard,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+}
+
+impl AuthServer {
+    fn start(password: &str) -> AuthServer {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let credentials = write_file(dir.path(), "credentials", format!("{USER}\t{password}\n").as_bytes());
+        let (cert, key) = self_signed(dir.path(), "server");
+        let mut cmd = Command::new("python3");
+        cmd.arg(peer_script("aiosmtpd_auth.py")).arg("starttls").arg(&out).arg(&credentials).arg(&cert).arg(&key);
+        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_auth.py", &dir.path().join("stderr"));
+        AuthServer { _child: child, addr, dir, cert }
+    }
+
+    fn messages(&self, n: usize) -> Vec<Vec<u8>> {
+        wait_messages(&self.dir.path().join("out"), n, &self.dir.path().join("stderr"))
+    }
+
+    /// `tls=0|1 MECHANISM USER ok|fail` per AUTH.
+    fn auth_log(&self) -> Vec<String> {
+        read_text(&self.dir.path().join("out/auth.log")).lines().map(str::to_owned).collect()
+    }
+}
+
+fn swaks_auth(proxy: SocketAddr, mechanism: &str, extra: &[&str]) {
+    let args = [&["--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD][..], extra].concat();
+    swaks(proxy, &args);
+}
+
+#[test]
+fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
+    let first = AuthServer::start(PASSWORD);
+    let upstream = first.addr.to_string();
+    let proxy = Proxy::start(&["--upstream", &upstream, "--upstream-ca", path_str(&first.cert)]);
+    swaks_auth(proxy.addr, "PLAIN", &["--tls"]);
+    swaks_auth(proxy.addr, "LOGIN", &["--tls", "--to", "b@y.test,c@y.test"]);
+    swaks_auth(proxy.addr, "CRAM-MD5", &[]);
+    let body = write_file(proxy.dir.path(), "body.eml", b"Subject: smtplib\r\n\r\n.dot\r\nend\r\n");
+    let port = proxy.addr.port().to_string();
+    let out = run_peer(
+        "python3",
+        &[path_str(&peer_script("smtplib_send.py")), "127.0.0.1", &port, FROM, TO, path_str(&body)],
+        None,
+    );
+    assert_success(&out, "smtplib_send.py");
+    proxy.sessions(4);
+    let recorded = first.messages(4);
+    let sessions = in_replay_order(&proxy.record_dir());
+    let plain =
+        sessions.iter().position(|s| exchanges(s).iter().any(|e| e["command"]["line"] == "AUTH PLAIN <redacted>"));
+    let plain = plain.expect("the AUTH PLAIN session");
+    let auth = exchanges(&sessions[plain]).iter().find(|e| e["command"]["verb"] == "AUTH").unwrap()["seq"].clone();
+    let dir = path_str(&proxy.record_dir()).to_owned();
+    let replay_to = |server: &AuthServer, junit: &Path| {
+        let target = server.addr.to_string();
+        let args =
+            [&dir, "--target", &target, "--target-ca", path_str(&server.cert), "--auth-password-env", PASSWORD_VAR];
+        replay_env(&[&args[..], &["--junit", path_str(junit)]].concat(), &[(PASSWORD_VAR, PASSWORD)])
+    };
+
+    // Same rules: every reply matches; the same messages arrive, byte for
+    // byte, and the same logins over the same TLS.
+    let fresh = AuthServer::start(PASSWORD);
+    let junit = proxy.dir.path().join("junit.xml");
+    let out = replay_to(&fresh, &junit);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stdout(&out).starts_with("4 sessions, ") && stdout(&out).contains(" 0 differed, 0 errors"));
+    assert_eq!(sorted(fresh.messages(4)), sorted(recorded));
+    assert_eq!(sorted(fresh.auth_log()), sorted(first.auth_log()));
+    assert_eq!(fresh.auth_log().len(), 3, "{:?}", fresh.auth_log());
+    assert!(std::fs::read_to_string(&junit).unwrap().contains(r#"tests="4" failures="0" errors="0""#));
+
+    // Another password: the AUTH reply differs, and says how.
+    let changed = AuthServer::start("another password");
+    let out = replay_to(&changed, &junit);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let want = format!(
+        "session {} #{auth} AUTH PLAIN <redacted>  expected 235 2.7.0  got 535 5.7.8 Authentication credentials invalid",
+        plain + 1
+    );
+    assert!(stdout(&out).lines().any(|l| l == want), "no line {want:?} in:\n{}", stdout(&out));
+    assert!(!stdout(&out).contains(PASSWORD), "{}", stdout(&out));
+    let junit = std::fs::read_to_string(&junit).unwrap();
+    assert!(junit.contains(r#"tests="4" failures="3" errors="0""#), "{junit}");
+    assert!(junit.contains(&want.replace('<', "&lt;").replace('>', "&gt;")), "{junit}");
+}
+
+/// aiosmtpd with TLS (tests/peers/aiosmtpd_tls.py) in `mode`, logging each
+/// command as `tls=0|1 LINE`.
+struct TlsServer {
+    // Fields drop in order: the process dies before its directory goes.
+    _child: ChildGuard,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+}
+
+impl TlsServer {
+    fn start(mode: &str) -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let (cert, key) = self_signed(dir.path(), "server");
+        let mut cmd = Command::new("python3");
+        cmd.arg(peer_script("aiosmtpd_tls.py")).arg(mode).arg(&out).arg(&cert).arg(&key);
+        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_tls.py", &dir.path().join("stderr"));
+        TlsServer { _child: child, addr, dir, cert }
+    }
+
+    fn messages(&self, n: usize) -> Vec<Vec<u8>> {
+        wait_messages(&self.dir.path().join("out"), n, &self.dir.path().join("stderr"))
+    }
+
+    fn commands(&self) -> Vec<String> {
+        read_text(&self.dir.path().join("out/commands.log")).lines().map(str::to_owned).collect()
+    }
+
+    /// Replays `dir` against this server, trusting its certificate.
+    fn replay(&self, dir: &Path, extra: &[&str]) -> Output {
+        let target = self.addr.to_string();
+        let args = [path_str(dir), "--target", &target, "--target-ca", path_str(&self.cert)];
+        replay(&[&args[..], extra].concat())
+    }
+}
+
+#[test]
+fn implicit_tls_and_the_proxys_own_starttls_are_replayed_as_the_server_saw_them() {
+    for mode in ["implicit", "starttls"] {
+        // A plaintext client; the proxy speaks `mode` to the server.
+        let first = TlsServer::start(mode);
+        let upstream = first.addr.to_string();
+        let cert = path_str(&first.cert);
+        let proxy = Proxy::start(&[
+            "--upstream",
+            &upstream,
+            "--upstream-ca",
+            cert,
+            "--client-tls",
+            "off",
+            "--upstream-tls",
+            mode,
+        ]);
+        swaks(proxy.addr, &[]);
+        proxy.sessions(1);
+        let recorded = first.messages(1);
+
+        let fresh = TlsServer::start(mode);
+        let out = fresh.replay(&proxy.record_dir(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", output_text(&out));
+        assert_eq!(fresh.messages(1), recorded, "{mode}");
+        assert_eq!(fresh.commands(), first.commands(), "{mode}");
+        let inside = first.commands().iter().filter(|c| c.starts_with("tls=1 ")).count();
+        assert!(inside >= 4, "{mode}: the client's commands went inside TLS: {:?}", first.commands());
+
+        if mode == "implicit" {
+            // The same recording with STARTTLS asked for: the replay upgrades
+            // right after the greeting.
+            let starttls = TlsServer::start("starttls");
+            let out = starttls.replay(&proxy.record_dir(), &["--tls", "starttls"]);
+            assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+            let commands = starttls.commands();
+            assert_eq!(
+                commands[..3],
+                ["tls=0 EHLO swaks.test", "tls=0 STARTTLS", "tls=1 EHLO swaks.test"],
+                "{commands:?}"
+            );
+            assert_eq!(starttls.messages(1), recorded);
+        }
+    }
+}
+
+#[test]
+fn an_untrusted_target_certificate_is_exit_2_unless_insecure() {
+    let first = TlsServer::start("implicit");
+    let upstream = first.addr.to_string();
+    let cert = path_str(&first.cert);
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream,
+        "--upstream-ca",
+        cert,
+        "--client-tls",
+        "off",
+        "--upstream-tls",
+        "implicit",
+    ]);
+    swaks(proxy.addr, &[]);
+    proxy.sessions(1);
+    let fresh = TlsServer::start("implicit");
+    let target = fresh.addr.to_string();
+    let out = replay(&[path_str(&proxy.record_dir()), "--target", &target]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(stdout(&out).contains("session 1 error: TLS handshake with the target failed"), "{}", output_text(&out));
+    let out = replay(&[path_str(&proxy.record_dir()), "--target", &target, "--insecure"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stderr(&out).contains("warning: --insecure"), "{}", output_text(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Load mode
+// ---------------------------------------------------------------------------
+
+#[test]
+fn load_mode_against_smtp_sink_prints_throughput_and_latencies_and_ends() {
+    let sink = SmtpSink::start(&["-u", "nobody", "-c"], "smtp-sink");
+    let upstream = sink.addr.to_string();
+    let proxy = Proxy::start(&[&PLAINTEXT[..], &["--upstream", &upstream]].concat());
+    swaks(proxy.addr, &[]);
+    swaks(proxy.addr, &["--pipeline", "--to", "b@y.test,c@y.test"]);
+    proxy.sessions(2);
+
+    let fresh = SmtpSink::start(&["-u", "nobody", "-c"], "smtp-sink");
+    let report = proxy.dir.path().join("report.json");
+    let target = fresh.addr.to_string();
+    let started = std::time::Instant::now();
+    let out = replay(&[
+        path_str(&proxy.record_dir()),
+        "--target",
+        &target,
+        "--concurrency",
+        "8",
+        "--repeat",
+        "100",
+        "--report",
+        path_str(&report),
+    ]);
+    eprintln!("{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "a bounded run ends by itself");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("200 sessions, ") && lines[0].ends_with(" 0 differed, 0 errors"), "{text}");
+    assert!(
+        lines[1].starts_with("load: ") && lines[1].contains(" sessions/s, ") && lines[1].contains("(200 messages)")
+    );
+    assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["latency", "ms", "count", "p50", "p90", "p99", "max"]);
+    let verbs: Vec<&str> = lines[3..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(verbs, ["connect", "greeting", "EHLO", "MAIL", "RCPT", "DATA", "message", "QUIT"], "{text}");
+    assert!(stderr(&out).is_empty(), "no progress bar when stderr is not a terminal: {}", stderr(&out));
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["sessions"], 200);
+    assert_eq!(report["load"]["messages"], 200);
+    assert_eq!(report["load"]["concurrency"], 8);
+    assert!(report["load"]["sessions_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["results"].as_array().unwrap().len(), 2);
+    assert_eq!(report["results"][0]["runs"], 100);
+    let rcpt = report["load"]["latency"].as_array().unwrap().iter().find(|r| r["verb"] == "RCPT").unwrap().clone();
+    assert_eq!(rcpt["count"], 300);
+    assert!(rcpt["p50_ms"].as_f64().unwrap() <= rcpt["p99_ms"].as_f64().unwrap());
 }
