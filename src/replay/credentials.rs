@@ -10,10 +10,11 @@
 //! is computed when it arrives ([`cram_md5`]). SCRAM and unknown mechanisms
 //! are refused: their proofs depend on the server's nonce and salt.
 
-use super::md5::{hex, hmac_md5};
 use crate::auth::AuthRecord;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use md5::Md5;
 use std::fmt;
 
 /// What `--auth-user` and `--auth-password-env` gave.
@@ -61,7 +62,9 @@ impl CramMd5 {
     /// challenge is not base64.
     pub fn respond(&self, challenge_b64: &[u8]) -> Option<String> {
         let challenge = B64.decode(challenge_b64.trim_ascii()).ok()?;
-        let digest = hex(&hmac_md5(self.password.0.as_bytes(), &challenge));
+        let mut mac = <Hmac<Md5> as KeyInit>::new_from_slice(self.password.0.as_bytes()).expect("HMAC takes any key");
+        mac.update(&challenge);
+        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
         Some(B64.encode(format!("{} {digest}", self.user)))
     }
 }

@@ -20,7 +20,6 @@ pub mod client;
 pub mod compare;
 pub mod credentials;
 pub mod junit;
-mod md5;
 pub mod placeholder;
 pub mod pool;
 pub mod report;
