@@ -8,284 +8,15 @@ use common::*;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-
-// ---------------------------------------------------------------------------
-// Helpers: waiting, a scripted fake upstream, client-side reads, recordings.
-// ---------------------------------------------------------------------------
-
-/// Polls `done` until it holds, failing the test after [`PATIENCE`].
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// How a fake upstream connection ended, seen from the fake upstream.
-#[derive(Debug, Clone, PartialEq)]
-enum PeerEnd {
-    /// The proxy closed cleanly (read returned 0).
-    Eof,
-    /// Reading failed (e.g. the proxy reset the connection).
-    Error(ErrorKind),
-    /// The script finished first and closed the connection itself.
-    Hangup,
-}
-
-/// What one connection to a [`FakeUpstream`] received, visible while it runs.
-#[derive(Default)]
-struct PeerLog {
-    received: Mutex<Vec<u8>>,
-    end: Mutex<Option<PeerEnd>>,
-}
-
-impl PeerLog {
-    fn received(&self) -> Vec<u8> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// Waits until exactly `want` has arrived (so far).
-    fn wait_received(&self, want: &[u8]) {
-        wait_for("the upstream to receive the relayed bytes", || self.received.lock().unwrap().len() >= want.len());
-        assert_eq!(self.received(), want, "upstream must receive exactly what the client sent");
-    }
-
-    fn wait_end(&self) -> PeerEnd {
-        wait_for("the upstream connection to end", || self.end.lock().unwrap().is_some());
-        self.end.lock().unwrap().clone().unwrap()
-    }
-}
-
-/// The fake upstream's side of one connection, driven by a test's script.
-struct Peer {
-    stream: TcpStream,
-    log: Arc<PeerLog>,
-    /// Received and logged, not yet consumed by the script.
-    pending: Vec<u8>,
-}
-
-impl Peer {
-    fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes);
-    }
-
-    /// Reads once more; false at EOF or on an error (recorded as the end).
-    fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 16384];
-        match self.stream.read(&mut buf) {
-            Ok(0) => {
-                self.log.end.lock().unwrap().get_or_insert(PeerEnd::Eof);
-                false
-            }
-            Ok(n) => {
-                self.log.received.lock().unwrap().extend_from_slice(&buf[..n]);
-                self.pending.extend_from_slice(&buf[..n]);
-                true
-            }
-            Err(e) => {
-                self.log.end.lock().unwrap().get_or_insert(PeerEnd::Error(e.kind()));
-                false
-            }
-        }
-    }
-
-    /// Consumes input up to and including `marker`; `None` if the connection ended first.
-    fn until(&mut self, marker: &[u8]) -> Option<Vec<u8>> {
-        loop {
-            if let Some(at) = self.pending.windows(marker.len()).position(|w| w == marker) {
-                return Some(self.pending.drain(..at + marker.len()).collect());
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    /// The next line, LF included.
-    fn line(&mut self) -> Option<Vec<u8>> {
-        self.until(b"\n")
-    }
-
-    /// Consumes exactly `n` bytes of input.
-    fn take(&mut self, n: usize) -> Option<Vec<u8>> {
-        while self.pending.len() < n {
-            if !self.fill() {
-                return None;
-            }
-        }
-        Some(self.pending.drain(..n).collect())
-    }
-
-    /// Waits until input is available without reading it: returning then
-    /// closes with unread data, which makes the kernel send a reset.
-    fn wait_unread(&mut self) {
-        let mut byte = [0u8];
-        let _ = self.stream.peek(&mut byte);
-    }
-
-    /// Reads until the proxy closes.
-    fn drain(&mut self) {
-        while self.fill() {}
-    }
-}
-
-/// A scripted upstream on 127.0.0.1:0: every connection runs `script` on
-/// its own thread; when the script returns the connection is closed (a FIN,
-/// as long as the script consumed everything the proxy sent).
-struct FakeUpstream {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<PeerLog>>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl FakeUpstream {
-    fn start(script: impl Fn(&mut Peer) + Send + Sync + 'static) -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<PeerLog>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let script = Arc::new(script);
-        let (list, halt) = (conns.clone(), stop.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if halt.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { return };
-                stream.set_read_timeout(Some(PATIENCE)).unwrap();
-                let log = Arc::new(PeerLog::default());
-                list.lock().unwrap().push(log.clone());
-                let script = script.clone();
-                thread::spawn(move || {
-                    let mut peer = Peer { stream, log: log.clone(), pending: Vec::new() };
-                    script(&mut peer);
-                    log.end.lock().unwrap().get_or_insert(PeerEnd::Hangup);
-                });
-            }
-        });
-        FakeUpstream { addr, conns, stop }
-    }
-
-    /// A small SMTP server: `custom` may answer a command line itself.
-    fn smtp(custom: fn(&[u8]) -> Option<&'static [u8]>) -> FakeUpstream {
-        FakeUpstream::start(move |peer| {
-            peer.send(b"220 fake.test ESMTP\r\n");
-            while let Some(line) = peer.line() {
-                if let Some(reply) = custom(&line) {
-                    peer.send(reply);
-                    continue;
-                }
-                let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
-                match &verb[..] {
-                    b"EHLO" => peer.send(b"250-fake.test\r\n250 PIPELINING\r\n"),
-                    b"DATA" => {
-                        peer.send(b"354 go ahead\r\n");
-                        if peer.until(b"\r\n.\r\n").is_none() {
-                            return;
-                        }
-                        peer.send(b"250 2.0.0 queued\r\n");
-                    }
-                    b"QUIT" => return peer.send(b"221 2.0.0 bye\r\n"),
-                    _ => peer.send(b"250 2.0.0 ok\r\n"),
-                }
-            }
-        })
-    }
-
-    fn addr(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// The `i`th connection (from 0), once it has been accepted.
-    fn conn(&self, i: usize) -> Arc<PeerLog> {
-        wait_for("the proxy to connect upstream", || self.conns.lock().unwrap().len() > i);
-        self.conns.lock().unwrap()[i].clone()
-    }
-}
-
-impl Drop for FakeUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop so it sees `stop`
-    }
-}
-
-/// Reads until the proxy closes the connection cleanly; fails on an error
-/// (a reset) or after [`PATIENCE`]. Returns everything received.
-fn read_until_eof(client: &mut RawClient) -> Vec<u8> {
-    let mut buf = [0u8; 16384];
-    loop {
-        match client.stream.read(&mut buf) {
-            Ok(0) => return client.received.clone(),
-            Ok(n) => client.received.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("expected a clean close, got {e} after {:?}", String::from_utf8_lossy(&client.received)),
-        }
-    }
-}
-
-/// The bytes the client received after the first `skip`, as text.
-fn text_after(received: &[u8], skip: usize) -> String {
-    String::from_utf8_lossy(&received[skip..]).into_owned()
-}
-
-fn end_of(session: &[Value]) -> &Value {
-    let end = session.last().expect("records");
-    assert_eq!(end["type"], "end", "recording must end with an end record: {end}");
-    end
-}
-
-fn notes(session: &[Value]) -> Vec<String> {
-    session.iter().filter(|r| r["type"] == "note").map(|r| r["text"].as_str().unwrap().to_owned()).collect()
-}
-
-fn b64(text: &Value) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.decode(text.as_str().expect("base64 string")).expect("base64")
-}
-
-fn recording_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("record dir")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
-}
-
-/// The end of a long text, for failure messages.
-fn tail(text: &str) -> &str {
-    let from = text.char_indices().rev().nth(300).map_or(0, |(i, _)| i);
-    &text[from..]
-}
-
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn proxy_alive(proxy: &mut Proxy) -> bool {
-    proxy.child.try_wait().expect("wait").is_none()
-}
-
-/// A client session through the proxy to the end: EHLO, NOOP, QUIT.
-fn served_normally(addr: SocketAddr) {
-    let mut client = RawClient::connect(addr);
-    client.read_replies(1);
-    client.send(b"EHLO again.test\r\nNOOP\r\nQUIT\r\n");
-    let got = read_until_eof(&mut client);
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("220 ") && text.contains("\r\n221 "), "not served normally: {text:?}");
-}
 
 // ---------------------------------------------------------------------------
 // Upstream faults
@@ -736,14 +467,6 @@ fn a_command_line_dribbled_byte_by_byte_times_out() {
     assert!(last["reply"]["lines"][0].as_str().unwrap().contains("command line not completed"));
 }
 
-/// The proxy's open file descriptors and resident memory.
-fn fds_and_rss_kib(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    (fds, rss.split_whitespace().nth(1).unwrap().parse().unwrap())
-}
-
 /// 5,000 connections opened and dropped, 100 at a time, against a cap of 64:
 /// the cap answers `421`, the listener survives, and descriptors and memory
 /// come back down once the storm is over.
@@ -985,19 +708,6 @@ fn overlong_and_non_utf8_lines_are_relayed_exactly_and_recorded_losslessly() {
 // Resource bounds and file modes
 // ---------------------------------------------------------------------------
 
-/// Waits until the recording's last line is its `end` record, reading only the tail.
-fn wait_for_end_line(path: &Path) {
-    wait_for("the recording's end line", || {
-        let Ok(mut file) = std::fs::File::open(path) else { return false };
-        let len = file.metadata().unwrap().len();
-        file.seek(SeekFrom::Start(len.saturating_sub(4096))).unwrap();
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).unwrap();
-        let last = tail.strip_suffix(b"\n").and_then(|t| t.rsplit(|&b| b == b'\n').next());
-        last.is_some_and(|l| l.starts_with(br#"{"type":"end""#))
-    });
-}
-
 /// A recording's records, read without holding any body in memory: each
 /// `utf8` body's content is passed to `body` in blocks, and replaced in its
 /// record by `{"encoding":"utf8","length":…}`.
@@ -1074,12 +784,6 @@ fn scan_recording(path: &Path, mut body: impl FnMut(&[u8])) -> Vec<Value> {
         record["message"]["body"] = serde_json::json!({"encoding": "utf8", "length": length});
         records.push(record);
     }
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// A large message, made in chunks of about 1 MiB: the same bytes each time,

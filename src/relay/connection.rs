@@ -302,6 +302,7 @@ impl Session {
         let mut from_upstream = Vec::with_capacity(BUFFER);
         let mut client_side = ClientSide::Open;
         let mut deadline = tokio::time::Instant::now() + idle;
+        let mut client_heard = Instant::now();
         loop {
             enum Event {
                 Client(io::Result<usize>),
@@ -329,6 +330,7 @@ impl Session {
                     let _ = upstream.shutdown().await;
                 }
                 Event::Client(Ok(n)) => {
+                    client_heard = now;
                     self.from_client += n as u64;
                     let actions = self.observer.client_bytes(now, &from_client[..n], &mut self.recorder);
                     if let Err(e) = write_within(upstream, &actions.to_upstream, idle).await {
@@ -391,7 +393,9 @@ impl Session {
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),
                 Event::Idle => {
                     let secs = idle.as_secs();
-                    let late = self.observer.client_deadline(idle).filter(|d| d.at <= now);
+                    // A client silent for the idle timeout is idle, whatever else is overdue.
+                    let silent = now.duration_since(client_heard) >= idle;
+                    let late = self.observer.client_deadline(idle).filter(|d| d.at <= now && !silent);
                     let phase = self.observer.phase();
                     let (text, why) = match late {
                         Some(ClientDeadline { sending: Sending::Line, .. }) => (

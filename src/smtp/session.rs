@@ -226,6 +226,10 @@ pub struct Observer {
     key: FingerprintKey,
     /// The SASL exchange in progress, from `AUTH` to its final reply.
     sasl: Option<SaslSession>,
+    /// An AUTH exchange ended while client lines were held: they may be SASL
+    /// responses sent ahead of a challenge that never came, so lines that are
+    /// no SMTP command are recorded redacted until one that is comes.
+    after_refused_auth: bool,
     /// The AUTH mechanisms the server's last EHLO reply offered.
     offered_auth: Vec<String>,
     lines: LineAssembler,
@@ -272,6 +276,7 @@ impl Observer {
             redaction,
             key,
             sasl: None,
+            after_refused_auth: false,
             offered_auth: Vec::new(),
             lines: LineAssembler::default(),
             mode: Mode::Commands,
@@ -312,6 +317,11 @@ impl Observer {
 
     /// Where the conversation stands, in words for a timeout's error.
     pub fn phase(&self) -> String {
+        // A BDAT chunk is owed by the client even while the server's reply to
+        // its command is due (servers answer once the chunk is in).
+        if let (Mode::Chunk { .. }, Some(_)) = (&self.mode, self.pending.front()) {
+            return "waiting for the client: a BDAT chunk".into();
+        }
         if let Some(front) = self.pending.front() {
             let what = match (&front.awaited, &front.command) {
                 (Awaited::Greeting, _) => "the greeting".to_owned(),
@@ -762,6 +772,12 @@ impl Observer {
         let line = self.lines.line();
         let command = Command::parse(line.text);
         let mut record = CommandRecord::from_line(Some(command.verb.clone()), line);
+        if self.after_refused_auth {
+            self.after_refused_auth = !is_smtp_verb(&command.verb);
+            if self.after_refused_auth && self.redaction != Redaction::None {
+                record = CommandRecord::redacted(None, REDACTED.into());
+            }
+        }
         if let CommandKind::Auth { mechanism, .. } = &command.kind {
             record = CommandRecord::redacted(Some(command.verb.clone()), format!("{} {REDACTED}", command.verb));
             if let Some((sasl, Recorded { line: shown, auth, .. })) =
@@ -883,7 +899,10 @@ impl Observer {
                     reply.lines = vec![shown.into_bytes()];
                 }
             }
-            Awaited::Command(CommandKind::Auth { .. }) | Awaited::SaslResponse => self.sasl = None,
+            Awaited::Command(CommandKind::Auth { .. }) | Awaited::SaslResponse => {
+                self.sasl = None;
+                self.after_refused_auth = !self.held.is_empty();
+            }
             Awaited::Command(CommandKind::Ehlo) if code == 250 => self.offered_auth = auth_mechanisms(&reply),
             Awaited::Command(CommandKind::StartTls) if code == 220 => {
                 accepted_starttls = true;
@@ -943,6 +962,15 @@ fn could_be_starttls(partial: &[u8]) -> bool {
     const WORD: &[u8] = b"STARTTLS";
     let n = partial.len().min(WORD.len());
     partial[..n].eq_ignore_ascii_case(&WORD[..n]) && partial[n..].iter().all(|&b| b == b' ' || b == b'\r')
+}
+
+/// Whether `verb` is a command of SMTP or its common extensions.
+fn is_smtp_verb(verb: &str) -> bool {
+    const VERBS: [&str; 15] = [
+        "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "AUTH",
+        "STARTTLS",
+    ];
+    VERBS.contains(&verb)
 }
 
 /// Milliseconds, to the microsecond.
@@ -1525,6 +1553,26 @@ mod tests {
                 assert!(!json.contains(&form) && !noted.contains(&form), "{auth:?}: {form} leaked: {json} {noted}");
             }
             assert_eq!(out.exchanges[1].command.as_ref().unwrap().verb.as_deref(), Some("AUTH"), "{auth:?}");
+        }
+    }
+
+    /// SASL responses a client sent ahead of a challenge that never came
+    /// (the server refused the AUTH) are recorded redacted, not as commands;
+    /// the first real command after them is recorded as usual.
+    #[test]
+    fn responses_sent_ahead_of_a_refused_auth_are_redacted() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"AUTH LOGIN\r\ndXNlckB4LnRlc3Q=\r\nUzNjcjN0LXBhc3M=\r\nNOOP\r\n"),
+            S(b"504 5.5.4 no LOGIN\r\n500 what\r\n500 what\r\n250 ok\r\n"),
+        ];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("AUTH", 504), (None, Some(500)), (None, Some(500)), v("NOOP", 250)]);
+        let lines: Vec<&str> = out.exchanges[2..].iter().map(|e| e.command.as_ref().unwrap().line.as_str()).collect();
+        assert_eq!(lines, ["<redacted>", "<redacted>", "NOOP"]);
+        let json = serde_json::to_string(&out.exchanges).unwrap();
+        for form in leak_forms("S3cr3t-pass") {
+            assert!(!json.contains(&form), "{form} leaked: {json}");
         }
     }
 
