@@ -25,14 +25,14 @@ fn main() -> ExitCode {
         Cmd::Show(args) => return report_exit(smtptap::show::run(&args)),
         Cmd::Check(args) => return report_exit(smtptap::check::run(&args)),
         Cmd::Replay(args) => return ExitCode::from(runtime.block_on(smtptap::replay::run(args))),
-        Cmd::Serve(args) => match runtime.block_on(async { shutdown_signal() }) {
+        Cmd::Serve(args) => match runtime.block_on(async { smtptap::shutdown::signal() }) {
             Ok(shutdown) => return ExitCode::from(runtime.block_on(smtptap::serve::run(args, shutdown))),
             Err(e) => Err(format!("cannot handle SIGINT and SIGTERM: {e}")),
         },
         Cmd::Sink(args) => return ExitCode::from(runtime.block_on(smtptap::server::sink::run(args))),
         Cmd::Proxy(args) => {
             let live_check = args.check.then(|| smtptap::check::live::LiveCheck::spawn(args.record_dir.clone()));
-            let result = match runtime.block_on(async { shutdown_signal() }) {
+            let result = match runtime.block_on(async { smtptap::shutdown::signal() }) {
                 Ok(shutdown) => {
                     runtime.block_on(smtptap::relay::run(args.resolve(), shutdown)).map_err(|e| e.to_string())
                 }
@@ -73,18 +73,4 @@ fn report_exit(result: std::io::Result<u8>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Installs the SIGINT and SIGTERM handlers now, so that a signal sent once
-/// the proxy (or serve) says it is listening is never lost; the future completes on either.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }

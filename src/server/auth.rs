@@ -218,6 +218,7 @@ fn hex(digits: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::credentials::{CramMd5, Secret};
 
     fn accounts() -> Vec<Account> {
         vec!["alice@x.test:s3cr:et".parse().unwrap(), "tim:tanstaaftanstaaf".parse().unwrap()]
@@ -275,16 +276,16 @@ mod tests {
 
     #[test]
     fn cram_md5_verifies_the_digest_of_the_challenge() {
-        // RFC 2195's example, with our challenge put in place of theirs.
         let Step::Continue(exchange, prompt) = Exchange::start(b"CRAM-MD5", &accounts(), "sink.test") else {
             panic!("CRAM-MD5 must challenge");
         };
-        let challenge = BASE64.decode(prompt.strip_prefix("334 ").unwrap()).unwrap();
-        assert!(challenge.starts_with(b"<") && challenge.ends_with(b"@sink.test>"));
-        let mut mac = <Hmac<Md5> as KeyInit>::new_from_slice(b"tanstaaftanstaaf").unwrap();
-        mac.update(&challenge);
-        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let Step::Done(outcome) = exchange.respond(&b64(format!("tim {digest}").as_bytes()), &accounts()) else {
+        let challenge = prompt.strip_prefix("334 ").unwrap();
+        let decoded = BASE64.decode(challenge).unwrap();
+        assert!(decoded.starts_with(b"<") && decoded.ends_with(b"@sink.test>"), "RFC 2195 form");
+        // smtptap replay's client side answers it.
+        let client = CramMd5 { user: "tim".into(), password: Secret("tanstaaftanstaaf".into()) };
+        let response = client.respond(challenge.as_bytes()).unwrap();
+        let Step::Done(outcome) = exchange.respond(response.as_bytes(), &accounts()) else {
             panic!("one response ends CRAM-MD5");
         };
         assert_eq!(outcome, Outcome::Authenticated("tim".into()));
