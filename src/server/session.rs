@@ -358,7 +358,8 @@ impl ServerSession {
             match message.finish() {
                 Ok(saved) => {
                     let id = queue_id();
-                    tracing::info!(id, size, saved = ?saved.as_deref(), "message accepted");
+                    let saved = saved.map(|path| path.display().to_string()).unwrap_or_default();
+                    tracing::info!(id, size, saved, "message accepted");
                     reply(out, &format!("250 2.0.0 Ok: queued as {id}"));
                 }
                 Err(e) => {

@@ -39,7 +39,7 @@ pub struct SinkArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2526")]
     pub listen: Vec<String>,
     /// TLS: offer STARTTLS after EHLO, speak TLS from the first byte (port-465 style), or never.
-    #[arg(long, value_enum, default_value_t = TlsMode::Starttls)]
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = TlsMode::Starttls)]
     pub tls: TlsMode,
     /// Directory of the local CA that signs the server's certificate (created on first use). The
     /// certificate names what the client asked for (SNI), else the listening address.
