@@ -285,19 +285,9 @@ fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 /// Prints the differences (load mode: each distinct line once, at the
 /// end), the summary and load figures; writes the reports; the exit code.
 fn finish(args: &ReplayArgs, report: &Report) -> u8 {
-    if let Some(load) = &report.load {
-        for d in report.results.iter().flat_map(|r| &r.tally.differences) {
-            match d.count {
-                1 => out(&d.line),
-                n => out(&format!("{}  ({n} times)", d.line)),
-            }
-        }
-        out(&report.summary());
-        for line in load_lines(load) {
-            out(&line);
-        }
-    } else {
-        out(&report.summary());
+    match &report.load {
+        Some(load) => load_output(report, load).iter().for_each(|line| out(line)),
+        None => out(&report.summary()),
     }
     let mut code = report.exit_code();
     if let Some(path) = &args.report {
@@ -323,12 +313,26 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(path, bytes).map_err(|e| e.to_string())
 }
 
-/// Throughput and the latency table.
-fn load_lines(load: &Load) -> Vec<String> {
-    let mut lines = vec![format!(
+/// Load mode's output: runs that could not start and distinct differences,
+/// each once with how often; the summary; throughput and latencies.
+fn load_output(report: &Report, load: &Load) -> Vec<String> {
+    let mut lines = Vec::new();
+    for r in &report.results {
+        if let (n @ 1.., Some(error)) = (r.failed_runs, &r.tally.error) {
+            lines.push(format!("session {} error: {error}  ({n} of {} runs)", r.session, r.runs));
+        }
+        for d in &r.tally.differences {
+            lines.push(match d.count {
+                1 => d.line.clone(),
+                n => format!("{}  ({n} times)", d.line),
+            });
+        }
+    }
+    lines.push(report.summary());
+    lines.push(format!(
         "load: {:.2} s at concurrency {}: {:.1} sessions/s, {:.1} messages/s ({} messages)",
         load.seconds, load.concurrency, load.sessions_per_second, load.messages_per_second, load.messages
-    )];
+    ));
     lines.push(format!("{:<12} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency ms", "count", "p50", "p90", "p99", "max"));
     for row in &load.latency {
         lines.push(format!(
@@ -372,6 +376,46 @@ mod tests {
         // A session that could not run at all.
         let refused = session(0, 0, 5, Some("cannot connect"));
         assert_eq!(report(vec![session(5, 0, 0, None), refused]).exit_code(), 2);
+    }
+
+    #[test]
+    fn load_output_names_each_difference_once() {
+        let difference = |line: &str| report::Difference {
+            seq: 4,
+            command: "RCPT TO:<b@y>".into(),
+            expected: crate::record::format::ReplyRecord {
+                code: 250,
+                enhanced: None,
+                lines: vec![],
+                lines_base64: None,
+                omitted_lines: 0,
+                truncated: false,
+            },
+            got: None,
+            problem: None,
+            line: line.into(),
+            count: 1,
+        };
+        let mut denied = SessionResult { session: 1, ..SessionResult::default() };
+        for _ in 0..3 {
+            let tally = Tally { exchanges: 2, matched: 1, differed: 1, ..Tally::default() };
+            denied.add(Tally { differences: vec![difference("session 1 #4 RCPT  expected 250  got 550")], ..tally });
+        }
+        let mut refused = SessionResult { session: 2, ..SessionResult::default() };
+        refused.add(Tally { exchanges: 2, errors: 2, error: Some("cannot connect".into()), ..Tally::default() });
+        refused.add(Tally { exchanges: 2, matched: 2, ..Tally::default() });
+        let load = Load { concurrency: 2, repeat: 3, seconds: 0.5, sessions_per_second: 10.0, ..Load::default() };
+        let lines = load_output(&report(vec![denied, refused]), &load);
+        assert_eq!(
+            lines,
+            [
+                "session 1 #4 RCPT  expected 250  got 550  (3 times)",
+                "session 2 error: cannot connect  (1 of 2 runs)",
+                "5 sessions, 10 exchanges: 5 matched, 3 differed, 2 errors",
+                "load: 0.50 s at concurrency 2: 10.0 sessions/s, 0.0 messages/s (0 messages)",
+                "latency ms      count       p50       p90       p99       max",
+            ]
+        );
     }
 
     #[test]

@@ -124,13 +124,14 @@ async fn worker(
 
 /// `\r1234/5000 sessions, 812/s` every 200 ms until aborted.
 async fn progress(total: usize, finished: Arc<AtomicUsize>, started: Instant) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let every = Duration::from_millis(200);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
         let n = finished.load(Ordering::Relaxed);
         let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r{n}/{total} sessions, {rate:.0}/s ");
+        let _ = write!(err, "\r{n}/{total} sessions, {rate:.0}/s\x1b[K");
         let _ = err.flush();
     }
 }
