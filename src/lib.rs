@@ -12,8 +12,9 @@
 //!   exchange across `334` continuations and says what may be recorded.
 //! - [`tls`]: the local CA and its leaf certificates, rustls configurations
 //!   for both sides, and certificate facts for the record.
-//! - [`record`]: the recording format (version 1) and the per-session writer
-//!   that turns exchanges into JSON lines, spooling large bodies to disk.
+//! - [`record`]: the recording format (version 1), the per-session writer
+//!   that turns exchanges into JSON lines, and the recorder thread that does
+//!   all their file I/O off the relay path, spooling large bodies to disk.
 //! - [`server`]: the built-in test SMTP server, the default upstream, and on
 //!   its own `smtptap sink`.
 //! - [`show`]: recordings as swaks-style transcripts and a one-line-per-session

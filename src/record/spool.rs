@@ -25,7 +25,7 @@ impl Spool {
 
     pub fn push(&mut self, chunk: &[u8], dir: &Path) -> io::Result<()> {
         self.utf8.update(chunk);
-        if self.file.is_none() && self.memory.len() + chunk.len() <= IN_MEMORY {
+        if !self.spills_with(chunk.len()) && self.file.is_none() {
             self.memory.extend_from_slice(chunk);
             return Ok(());
         }
@@ -39,6 +39,16 @@ impl Spool {
             }
         };
         file.write_all(chunk)
+    }
+
+    /// Whether pushing `more` bytes moves the content from memory to a file.
+    pub fn spills_with(&self, more: usize) -> bool {
+        self.file.is_none() && self.memory.len() + more > IN_MEMORY
+    }
+
+    /// Whether the content went over [`IN_MEMORY`] and sits in a file.
+    pub fn on_disk(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Writes `{"encoding":…,"data":"…"}` for the content, streaming it.

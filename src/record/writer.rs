@@ -1,13 +1,18 @@
-//! Writes one session's recording: a file of JSON lines, each written with a
-//! single `write` as soon as it is known, so a killed proxy leaves whole lines.
+//! A session's side of its recording: turns what the observer reports into
+//! JSON lines and hands them to the recorder thread ([`super::disk`]), which
+//! writes them. Nothing here touches the disk.
+//!
+//! Lines gather in memory while the relay handles one read, and go to the
+//! thread at [`SessionRecorder::flush`], which the relay calls before it
+//! waits for the network again; so each line is on its way to disk as soon
+//! as the read that made it has been relayed.
 
+use super::disk::{Job, RecordQueue};
 use super::format::{Exchange, Note, NoteKind, Record, SessionEnd, SessionInfo};
-use super::spool::Spool;
 use crate::smtp::session::Output;
-use std::collections::VecDeque;
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Creates the recordings directory (0700) if it is missing.
@@ -20,55 +25,32 @@ pub fn file_name(started: chrono::DateTime<chrono::Utc>, id: &str) -> String {
     format!("{}-{id}.jsonl", started.format("%Y%m%dT%H%M%SZ"))
 }
 
-/// A session's recording file. Write errors (a full disk, say) stop the
-/// recording but never the relay: the first error is kept for the caller.
+/// One session's recording, as the relay sees it. Dropping it closes the file.
 pub struct SessionRecorder {
-    file: File,
+    queue: RecordQueue,
+    session: u64,
     path: PathBuf,
-    dir: PathBuf,
-    /// Reused buffer for one line.
-    line: Vec<u8>,
-    /// Content of messages whose exchange is not written yet, oldest first.
-    /// `None` when bodies are not kept.
-    spools: Option<VecDeque<Spool>>,
-    error: Option<io::Error>,
+    keep_bodies: bool,
+    /// Whole lines not yet handed to the thread.
+    lines: Vec<u8>,
 }
 
 impl SessionRecorder {
-    /// Creates `<dir>/<name>` (0600, never an existing file) and writes the `session` line.
-    pub fn create(dir: &Path, info: &SessionInfo, keep_bodies: bool) -> io::Result<SessionRecorder> {
+    /// Asks for `<dir>/<name>` (0600, never an existing file) and queues the
+    /// `session` line. A file that cannot be made is logged by the thread;
+    /// the session is relayed all the same.
+    pub fn create(queue: &RecordQueue, dir: &Path, info: &SessionInfo, keep_bodies: bool) -> SessionRecorder {
         let path = dir.join(file_name_for(info));
-        let open = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
-        let file = match open() {
-            // The directory was removed while the proxy ran: make it again.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                ensure_dir(dir)?;
-                open()?
-            }
-            other => other?,
-        };
-        let mut recorder = SessionRecorder {
-            file,
-            path,
-            dir: dir.to_owned(),
-            line: Vec::with_capacity(1024),
-            spools: keep_bodies.then(VecDeque::new),
-            error: None,
-        };
+        let session = queue.new_session();
+        queue.send(Job::Open { session, id: info.id.clone(), path: path.clone(), dir: dir.to_owned(), keep_bodies });
+        let mut recorder = SessionRecorder { queue: queue.clone(), session, path, keep_bodies, lines: Vec::new() };
         recorder.write_record(&Record::Session(info.clone()));
-        match recorder.error.take() {
-            Some(e) => Err(e),
-            None => Ok(recorder),
-        }
+        recorder.flush();
+        recorder
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The first write error, if recording has failed.
-    pub fn error(&self) -> Option<&io::Error> {
-        self.error.as_ref()
     }
 
     pub fn end(&mut self, end: SessionEnd) {
@@ -80,40 +62,39 @@ impl SessionRecorder {
         self.write_record(record);
     }
 
+    /// Hands the lines gathered so far to the recorder thread.
+    pub fn flush(&mut self) {
+        if !self.lines.is_empty() {
+            let bytes = std::mem::take(&mut self.lines);
+            self.queue.send(Job::Lines { session: self.session, bytes });
+        }
+    }
+
+    /// Flushes, then waits while the recorder is too far behind (see [`super::disk`]).
+    pub async fn flush_and_wait_for_room(&mut self) {
+        self.flush();
+        let started = std::time::Instant::now();
+        if self.queue.room().await {
+            tracing::warn!(file = %self.path.display(), waited_ms = started.elapsed().as_millis(),
+                "the disk is behind the traffic: this session waited for its recording to be written");
+        }
+    }
+
     fn write_record(&mut self, record: &Record) {
-        if self.error.is_some() {
-            return;
-        }
-        self.line.clear();
-        let result = serde_json::to_writer(&mut self.line, record).map_err(io::Error::from).and_then(|()| {
-            self.line.push(b'\n');
-            self.file.write_all(&self.line)
-        });
-        self.fail_on(result);
+        serde_json::to_writer(&mut self.lines, record).expect("records serialize");
+        self.lines.push(b'\n');
     }
 
-    fn fail_on(&mut self, result: io::Result<()>) {
-        if let Err(e) = result {
-            self.error = Some(e);
-        }
+    /// Sends a job after the lines before it, keeping the record's order.
+    fn send_in_order(&mut self, job: Job) {
+        self.flush();
+        self.queue.send(job);
     }
+}
 
-    /// Writes an exchange whose message body comes from a spool: the line is
-    /// assembled around the streamed body, so its size never sits in memory.
-    fn write_with_body(&mut self, mut exchange: Exchange, spool: &mut Spool) -> io::Result<()> {
-        let message = exchange.message.take().unwrap_or_else(|| unreachable!("caller checked"));
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, &Record::Exchange(exchange))?;
-        self.line.pop(); // the closing brace
-        self.line.extend_from_slice(br#","message":"#);
-        serde_json::to_writer(&mut self.line, &message)?;
-        self.line.pop();
-        self.line.extend_from_slice(br#","body":"#);
-        let mut out = BufWriter::with_capacity(256 * 1024, &self.file);
-        out.write_all(&self.line)?;
-        spool.write_json_body(&mut out)?;
-        out.write_all(b"}}\n")?;
-        out.flush()
+impl Drop for SessionRecorder {
+    fn drop(&mut self) {
+        self.send_in_order(Job::Close { session: self.session });
     }
 }
 
@@ -125,31 +106,34 @@ fn file_name_for(info: &SessionInfo) -> String {
 }
 
 impl Output for SessionRecorder {
-    fn exchange(&mut self, exchange: Exchange) {
-        let spool = match (&exchange.message, &mut self.spools) {
-            (Some(_), Some(spools)) => spools.pop_front(),
-            _ => None,
-        };
-        match spool {
-            Some(mut spool) if self.error.is_none() => {
-                let result = self.write_with_body(exchange, &mut spool);
-                self.fail_on(result);
+    fn exchange(&mut self, mut exchange: Exchange) {
+        let message = match exchange.message.take() {
+            Some(message) if self.keep_bodies => message,
+            message => {
+                exchange.message = message;
+                return self.write_record(&Record::Exchange(exchange));
             }
-            _ => self.write_record(&Record::Exchange(exchange)),
-        }
+        };
+        // The line up to `"body":`; the thread streams the spooled body after it.
+        let mut head = Vec::with_capacity(512);
+        serde_json::to_writer(&mut head, &Record::Exchange(exchange)).expect("records serialize");
+        head.pop(); // the closing brace
+        head.extend_from_slice(br#","message":"#);
+        serde_json::to_writer(&mut head, &message).expect("records serialize");
+        head.pop();
+        head.extend_from_slice(br#","body":"#);
+        self.send_in_order(Job::Body { session: self.session, head });
     }
 
     fn message_start(&mut self) {
-        if let Some(spools) = &mut self.spools {
-            spools.push_back(Spool::new());
+        if self.keep_bodies {
+            self.send_in_order(Job::MessageStart { session: self.session });
         }
     }
 
     fn content(&mut self, chunk: &[u8]) {
-        let Some(spool) = self.spools.as_mut().and_then(|s| s.back_mut()) else { return };
-        if self.error.is_none() {
-            let result = spool.push(chunk, &self.dir);
-            self.fail_on(result);
+        if self.keep_bodies && !chunk.is_empty() {
+            self.send_in_order(Job::Content { session: self.session, bytes: chunk.to_vec() });
         }
     }
 

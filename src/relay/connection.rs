@@ -63,7 +63,7 @@ struct Session {
     peer: SocketAddr,
     started: Instant,
     observer: Observer,
-    recorder: Option<SessionRecorder>,
+    recorder: SessionRecorder,
     /// smtptap's own last reply to the client (`421`), recorded last.
     farewell: Option<Reply>,
     /// The upstream is connected (and in TLS, where it must be from the start).
@@ -94,14 +94,8 @@ pub(super) async fn handle(
         insecure_upstream: shared.tls.settings.insecure_upstream && shared.tls.settings.upstream != TlsMode::Off,
         redact: Some(shared.config.redaction),
     };
-    let recorder = match SessionRecorder::create(&shared.config.record_dir, &info, shared.config.keep_bodies) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(session = %id, error = %e, dir = %shared.config.record_dir.display(),
-                "cannot create the recording; relaying this session unrecorded");
-            None
-        }
-    };
+    let recorder =
+        SessionRecorder::create(&shared.recorder, &shared.config.record_dir, &info, shared.config.keep_bodies);
     let mut session = Session {
         id,
         peer,
@@ -210,9 +204,7 @@ impl Session {
             Err(r) => (r, false),
         };
         let error = record.error.clone();
-        if let Some(recorder) = &mut self.recorder {
-            recorder.record(&Record::Tls(record));
-        }
+        self.recorder.record(&Record::Tls(record));
         if ok { Ok(()) } else { Err(error.unwrap_or_else(|| "TLS handshake failed".into())) }
     }
 
@@ -311,6 +303,7 @@ impl Session {
                 Stop,
             }
             // Each read is fully handled before the next select.
+            self.recorder.flush_and_wait_for_room().await;
             from_client.clear();
             from_upstream.clear();
             let event = tokio::select! {
@@ -482,17 +475,8 @@ impl Session {
             bytes_from_client: self.from_client,
             bytes_from_upstream: self.from_upstream,
         };
-        let file = match &mut self.recorder {
-            Some(recorder) => {
-                recorder.end(end);
-                if let Some(e) = recorder.error() {
-                    tracing::error!(session = %self.id, file = %recorder.path().display(), error = %e,
-                        "recording failed; the session was relayed but its recording is incomplete");
-                }
-                recorder.path().display().to_string()
-            }
-            None => "(not recorded)".into(),
-        };
+        self.recorder.end(end);
+        let file = self.recorder.path().display().to_string();
         tracing::info!(
             session = %self.id, client = %self.peer, upstream, reason = %ending.reason,
             error = ending.error.as_deref().unwrap_or(""), exchanges = counts.exchanges, messages = counts.messages,

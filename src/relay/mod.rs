@@ -6,6 +6,7 @@ mod handshake;
 mod stream;
 
 use crate::auth::{FingerprintKey, Redaction};
+use crate::record::disk::{QUEUE_LIMIT, RecordQueue, Recorder};
 use crate::server::{self, ServerConfig, ServerTls};
 use crate::smtp::session::StartTlsPolicy;
 use crate::tls::TlsMode;
@@ -89,6 +90,8 @@ pub enum ProxyError {
     TlsConfig(#[from] TlsConfigError),
     #[error("--upstream {0:?} is not HOST:PORT")]
     UpstreamAddress(String),
+    #[error("cannot start the recorder thread: {0}")]
+    Recorder(std::io::Error),
     #[error("cannot load or create the fingerprint key in {}: {source} (choose another with --ca-dir)", dir.display())]
     FingerprintKey { dir: PathBuf, source: std::io::Error },
 }
@@ -103,6 +106,8 @@ struct Shared {
     tls: TlsPlan,
     /// Key of the fingerprints of hidden secrets, kept beside the CA.
     fingerprint_key: FingerprintKey,
+    /// Where sessions send their records, to be written off the relay path.
+    recorder: RecordQueue,
 }
 
 /// Runs the proxy until `shutdown` completes, then stops accepting, ends live
@@ -185,7 +190,9 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     tracing::info!(upstream = %upstream_label, record_dir = %config.record_dir.display(), "relaying");
     let max = config.max_connections;
-    let shared = Arc::new(Shared { config, upstream_addr, upstream_label, tls, fingerprint_key });
+    let recorder = Recorder::start(QUEUE_LIMIT).map_err(ProxyError::Recorder)?;
+    let shared =
+        Arc::new(Shared { config, upstream_addr, upstream_label, tls, fingerprint_key, recorder: recorder.queue() });
     let sessions = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -209,6 +216,8 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     if tokio::time::timeout(Duration::from_secs(10), sessions.acquire_many(all)).await.is_err() {
         tracing::warn!("some sessions did not end within 10 s of shutdown");
     }
+    // Every record queued so far reaches the disk before the proxy exits.
+    let _ = tokio::task::spawn_blocking(move || recorder.finish()).await;
     Ok(())
 }
 
