@@ -502,12 +502,27 @@ async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], limit: Dur
 }
 
 /// A short random id, unique enough to tell sessions apart within a second.
+/// Drawn from std's per-process random hash keys: no system call per session.
 fn session_id() -> String {
+    use std::hash::BuildHasher;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = (nanos as u64).to_le_bytes();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bits = std::hash::RandomState::new().hash_one(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    (0..8)
+        .map(|_| {
+            let c = ALPHABET[(bits % ALPHABET.len() as u64) as usize] as char;
+            bits /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_ids_are_short_distinct_and_safe_in_file_names() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| super::session_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())));
     }
-    bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
 }
