@@ -153,6 +153,21 @@ fn swaks_and_smtplib_sessions_are_served_back_without_divergence() {
 }
 
 #[test]
+fn a_pipelining_client_gets_its_replies_in_order() {
+    let proxy = Proxy::start(&PLAINTEXT);
+    let pipelined = ["--pipeline", "--body", ".leading dot\n..two\nend"];
+    assert_success(&swaks(proxy.addr, &pipelined), "swaks --pipeline through the proxy");
+    let recorded = recording(&proxy);
+    let records = read_records(&recorded);
+    assert!(exchanges(&records).iter().any(|e| e["pipelined"] == true), "swaks did not pipeline");
+    let serve = Serve::start(&recorded, &["--once"]);
+    assert_success(&swaks(serve.addr, &pipelined), "swaks --pipeline against serve");
+    let (code, output) = serve.finish();
+    assert_eq!(code, Some(0), "{output}");
+    assert_summary(&output, 1, 0);
+}
+
+#[test]
 fn another_recipient_is_answered_as_recorded_and_reported() {
     let proxy = Proxy::start(&PLAINTEXT);
     assert_success(&swaks(proxy.addr, &[]), "swaks through the proxy");
