@@ -125,16 +125,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> Res
     let builtin = config.upstream.is_none();
     let needs_ca =
         (settings.client != TlsMode::Off && settings.cert.is_none()) || (builtin && settings.upstream != TlsMode::Off);
-    let ca = if needs_ca {
-        let (ca, created) = LocalCa::load_or_create(&settings.ca_dir)?;
-        if created {
-            tracing::info!(cert = %ca.cert_path().display(), sha256 = %ca.fingerprint(),
-                "created the local CA; clients must trust it (see `smtptap ca show`)");
-        }
-        Some(Arc::new(ca))
-    } else {
-        None
-    };
+    let ca = if needs_ca { Some(Arc::new(LocalCa::load_or_create_logged(&settings.ca_dir)?)) } else { None };
     let (upstream_addr, upstream_label) = match &config.upstream {
         Some(addr) => (addr.clone(), addr.clone()),
         None => {

@@ -22,7 +22,6 @@ use crate::tls::ca::LocalCa;
 use crate::tls::config;
 use script::Script;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,17 +174,9 @@ fn tls_config(args: &ServeArgs, listener: &TcpListener) -> Result<Arc<rustls::Se
     if let Some((cert, key)) = args.cert.as_ref().zip(args.key.as_ref()) {
         return config::client_facing_fixed(cert, key).map_err(|e| e.to_string());
     }
-    let (ca, created) = LocalCa::load_or_create(&args.ca_dir).map_err(|e| format!("local CA: {e}"))?;
-    if created {
-        tracing::info!(cert = %ca.cert_path().display(), sha256 = %ca.fingerprint(),
-            "created the local CA; clients must trust it (see `smtptap ca show`)");
-    }
-    let name = match listener.local_addr() {
-        Ok(SocketAddr::V4(a)) if !a.ip().is_unspecified() => a.ip().to_string(),
-        Ok(SocketAddr::V6(a)) if !a.ip().is_unspecified() => a.ip().to_string(),
-        _ => "localhost".to_owned(),
-    };
-    config::client_facing(Arc::new(ca), &name).map_err(|e| e.to_string())
+    let ca = LocalCa::load_or_create_logged(&args.ca_dir).map_err(|e| format!("local CA: {e}"))?;
+    let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+    config::client_facing(Arc::new(ca), &config::listener_name(local, "localhost")).map_err(|e| e.to_string())
 }
 
 /// One line of output. A reader that went away does not stop serving.

@@ -176,12 +176,7 @@ fn certificates(args: &SinkArgs) -> Result<Option<Certificates>, SinkError> {
     if let Some((cert, key)) = args.cert.as_ref().zip(args.key.as_ref()) {
         return Ok(Some(Certificates::Fixed(config::client_facing_fixed(cert, key)?)));
     }
-    let (ca, created) = LocalCa::load_or_create(&args.ca_dir)?;
-    if created {
-        tracing::info!(cert = %ca.cert_path().display(), sha256 = %ca.fingerprint(),
-            "created the local CA; clients must trust it (see `smtptap ca show`)");
-    }
-    Ok(Some(Certificates::LocalCa(Arc::new(ca))))
+    Ok(Some(Certificates::LocalCa(Arc::new(LocalCa::load_or_create_logged(&args.ca_dir)?))))
 }
 
 impl Certificates {
@@ -191,8 +186,7 @@ impl Certificates {
     fn acceptor(&self, local: SocketAddr, hostname: &str) -> Result<tokio_rustls::TlsAcceptor, TlsConfigError> {
         let config = match self {
             Certificates::Fixed(config) => config.clone(),
-            Certificates::LocalCa(ca) if local.ip().is_unspecified() => config::client_facing(ca.clone(), hostname)?,
-            Certificates::LocalCa(ca) => config::client_facing(ca.clone(), &local.ip().to_string())?,
+            Certificates::LocalCa(ca) => config::client_facing(ca.clone(), &config::listener_name(local, hostname))?,
         };
         Ok(tokio_rustls::TlsAcceptor::from(config))
     }

@@ -55,6 +55,17 @@ impl std::fmt::Debug for LocalCa {
 }
 
 impl LocalCa {
+    /// [`Self::load_or_create`] for a command that serves TLS: a CA made now
+    /// is logged with its fingerprint, since clients must be told to trust it.
+    pub fn load_or_create_logged(dir: &Path) -> Result<LocalCa, CaError> {
+        let (ca, created) = Self::load_or_create(dir)?;
+        if created {
+            tracing::info!(cert = %ca.cert_path().display(), sha256 = %ca.fingerprint(),
+                "created the local CA; clients must trust it (see `smtptap ca show`)");
+        }
+        Ok(ca)
+    }
+
     /// Loads the CA from `dir`, creating it first if it does not exist.
     /// Returns the CA and whether it was created now.
     pub fn load_or_create(dir: &Path) -> Result<(LocalCa, bool), CaError> {

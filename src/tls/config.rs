@@ -52,6 +52,12 @@ impl ResolvesServerCert for LeafResolver {
     }
 }
 
+/// The name a listener's certificate is for when a client sends no SNI: its
+/// address, or `wildcard` when it listens on all addresses.
+pub fn listener_name(local: std::net::SocketAddr, wildcard: &str) -> String {
+    if local.ip().is_unspecified() { wildcard.to_owned() } else { local.ip().to_string() }
+}
+
 /// The configuration for TLS towards clients.
 pub fn client_facing(ca: Arc<LocalCa>, default_name: &str) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let resolver = Arc::new(LeafResolver { ca, default_name: default_name.to_owned() });
@@ -211,5 +217,17 @@ impl ServerCertVerifier for UpstreamVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_listener_is_named_by_its_address_unless_it_listens_on_all() {
+        let name = |addr: &str| super::listener_name(addr.parse().unwrap(), "mail.test");
+        assert_eq!(name("127.0.0.1:25"), "127.0.0.1");
+        assert_eq!(name("[::1]:25"), "::1");
+        assert_eq!(name("0.0.0.0:25"), "mail.test");
+        assert_eq!(name("[::]:25"), "mail.test");
     }
 }
