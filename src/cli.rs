@@ -48,6 +48,28 @@ pub struct CaArgs {
     pub ca_dir: PathBuf,
 }
 
+/// Where the certificates shown to clients come from (proxy, serve, sink).
+#[derive(Debug, clap::Args)]
+pub struct CertArgs {
+    /// Directory of the local CA that signs the certificates shown to clients (created on first use).
+    /// A certificate names what the client asked for (SNI), else the listening address.
+    #[arg(long, value_name = "DIR", default_value = "./certs")]
+    pub ca_dir: PathBuf,
+    /// Present this certificate chain (PEM) to clients instead of one from the local CA.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl CertArgs {
+    /// `--cert` and `--key`, when given.
+    pub fn fixed(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.cert.as_ref().zip(self.key.as_ref())
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
     /// Address to accept clients on (repeatable).
@@ -68,15 +90,8 @@ pub struct ProxyArgs {
     /// Do not verify the upstream's certificate (still checked and recorded). For test servers only.
     #[arg(long)]
     pub insecure_upstream: bool,
-    /// Directory of the local CA that signs the certificates shown to clients (created on first use).
-    #[arg(long, value_name = "DIR", default_value = "./certs")]
-    pub ca_dir: PathBuf,
-    /// Present this certificate chain (PEM) to clients instead of one from the local CA.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// The private key (PEM) for --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub certs: CertArgs,
     /// Where session recordings go (created 0700 if missing).
     #[arg(long, value_name = "DIR", default_value = "./recordings")]
     pub record_dir: PathBuf,
@@ -113,8 +128,8 @@ impl ProxyArgs {
                 upstream: self.upstream_tls,
                 upstream_ca: self.upstream_ca,
                 insecure_upstream: self.insecure_upstream,
-                ca_dir: self.ca_dir,
-                cert: self.cert.zip(self.key),
+                ca_dir: self.certs.ca_dir,
+                cert: self.certs.cert.zip(self.certs.key),
                 handshake_timeout: Duration::from_secs(30),
             },
         }

@@ -51,15 +51,8 @@ pub struct ServeArgs {
     /// sent STARTTLS, else off].
     #[arg(long, value_enum)]
     pub tls: Option<TlsMode>,
-    /// Directory of the local CA that signs the certificates shown to clients (created on first use).
-    #[arg(long, value_name = "DIR", default_value = "./certs")]
-    pub ca_dir: PathBuf,
-    /// Present this certificate chain (PEM) to clients instead of one from the local CA.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// The private key (PEM) for --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub certs: crate::cli::CertArgs,
     /// Serve one connection, then exit: 0 if the client followed the recording, 1 if it diverged.
     #[arg(long)]
     pub once: bool,
@@ -171,10 +164,10 @@ async fn prepare(args: &ServeArgs) -> Result<(Shared, TcpListener), String> {
 /// `--cert/--key`, or leaves from the local CA for the name the client asks
 /// for (SNI), else for the listening address (`localhost` when it is a wildcard).
 fn tls_config(args: &ServeArgs, listener: &TcpListener) -> Result<Arc<rustls::ServerConfig>, String> {
-    if let Some((cert, key)) = args.cert.as_ref().zip(args.key.as_ref()) {
+    if let Some((cert, key)) = args.certs.fixed() {
         return config::client_facing_fixed(cert, key).map_err(|e| e.to_string());
     }
-    let ca = LocalCa::load_or_create_logged(&args.ca_dir).map_err(|e| format!("local CA: {e}"))?;
+    let ca = LocalCa::load_or_create_logged(&args.certs.ca_dir).map_err(|e| format!("local CA: {e}"))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
     config::client_facing(Arc::new(ca), &config::listener_name(local, "localhost")).map_err(|e| e.to_string())
 }

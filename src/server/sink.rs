@@ -41,16 +41,8 @@ pub struct SinkArgs {
     /// TLS: offer STARTTLS after EHLO, speak TLS from the first byte (port-465 style), or never.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = TlsMode::Starttls)]
     pub tls: TlsMode,
-    /// Directory of the local CA that signs the server's certificate (created on first use). The
-    /// certificate names what the client asked for (SNI), else the listening address.
-    #[arg(long, value_name = "DIR", default_value = "./certs")]
-    pub ca_dir: PathBuf,
-    /// Present this certificate chain (PEM) instead of one from the local CA.
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// The private key (PEM) for --cert.
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub certs: crate::cli::CertArgs,
     /// The server's name in its greeting and EHLO reply (and in the certificate of a wildcard listener).
     #[arg(long, value_name = "NAME", default_value = "smtptap.test")]
     pub hostname: String,
@@ -173,10 +165,10 @@ fn certificates(args: &SinkArgs) -> Result<Option<Certificates>, SinkError> {
     if args.tls == TlsMode::Off {
         return Ok(None);
     }
-    if let Some((cert, key)) = args.cert.as_ref().zip(args.key.as_ref()) {
+    if let Some((cert, key)) = args.certs.fixed() {
         return Ok(Some(Certificates::Fixed(config::client_facing_fixed(cert, key)?)));
     }
-    Ok(Some(Certificates::LocalCa(Arc::new(LocalCa::load_or_create_logged(&args.ca_dir)?))))
+    Ok(Some(Certificates::LocalCa(Arc::new(LocalCa::load_or_create_logged(&args.certs.ca_dir)?))))
 }
 
 impl Certificates {
