@@ -51,26 +51,42 @@ impl Spool {
         self.file.is_some()
     }
 
-    /// Writes `{"encoding":…,"data":"…"}` for the content, streaming it.
+    /// Writes `{"encoding":…,"data":"…"}` for the content, streaming it
+    /// from the file when it is there.
     pub fn write_json_body(&mut self, out: &mut impl Write) -> io::Result<()> {
         let utf8 = self.utf8.is_valid();
-        out.write_all(if utf8 { br#"{"encoding":"utf8","data":""# } else { br#"{"encoding":"base64","data":""# })?;
-        let mut reader: Box<dyn Read + '_> = match &mut self.file {
-            Some(f) => {
-                f.seek(SeekFrom::Start(0))?;
-                Box::new(io::BufReader::with_capacity(BLOCK, f))
+        out.write_all(if utf8 { br#"{"encoding":"utf8","data":"# } else { br#"{"encoding":"base64","data":"# })?;
+        match (&mut self.file, utf8) {
+            (None, true) => {
+                let text = std::str::from_utf8(&self.memory).map_err(io::Error::other)?;
+                serde_json::to_writer(&mut *out, text)?;
             }
-            None => Box::new(&self.memory[..]),
-        };
-        if utf8 {
-            write_json_string_contents(&mut reader, out)?;
-        } else {
-            let mut encoder = base64::write::EncoderWriter::new(&mut *out, &B64);
-            io::copy(&mut reader, &mut encoder)?;
-            encoder.finish()?;
+            (None, false) => write_base64(&mut &self.memory[..], out)?,
+            (Some(file), utf8) => {
+                file.seek(SeekFrom::Start(0))?;
+                let mut reader = io::BufReader::with_capacity(BLOCK, file);
+                if utf8 {
+                    out.write_all(b"\"")?;
+                    write_json_string_contents(&mut reader, out)?;
+                    out.write_all(b"\"")?;
+                } else {
+                    write_base64(&mut reader, out)?;
+                }
+            }
         }
-        out.write_all(br#""}"#)
+        out.write_all(b"}")
     }
+}
+
+/// Writes what `reader` holds as a JSON string of base64.
+fn write_base64(reader: &mut impl Read, out: &mut impl Write) -> io::Result<()> {
+    out.write_all(b"\"")?;
+    {
+        let mut encoder = base64::write::EncoderWriter::new(&mut *out, &B64);
+        io::copy(reader, &mut encoder)?;
+        encoder.finish()?;
+    }
+    out.write_all(b"\"")
 }
 
 /// Streams valid UTF-8 from `reader` as the escaped contents of a JSON string.

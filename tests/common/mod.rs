@@ -153,7 +153,8 @@ pub fn wait_sessions(dir: &Path, n: usize, stderr: impl Fn() -> String) -> Vec<V
     }
 }
 
-/// All recordings in `dir`, each as its parsed lines, ordered by session start.
+/// All recordings in `dir`, each as its parsed lines, ordered by session
+/// start. A file the recorder has made but not yet written to is left out.
 pub fn read_dir_sessions(dir: &Path) -> Vec<Vec<Value>> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut files: Vec<PathBuf> = entries
@@ -162,7 +163,8 @@ pub fn read_dir_sessions(dir: &Path) -> Vec<Vec<Value>> {
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
-    let mut sessions: Vec<Vec<Value>> = files.iter().map(|f| read_records(f)).collect();
+    let mut sessions: Vec<Vec<Value>> =
+        files.iter().map(|f| read_records(f)).filter(|records| !records.is_empty()).collect();
     sessions.sort_by(|a, b| a[0]["started"].as_str().cmp(&b[0]["started"].as_str()));
     sessions
 }
