@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use tokio::sync::Notify;
 
 /// Most record bytes queued and not yet written, across all sessions.
-pub const QUEUE_LIMIT: usize = 64 << 20;
+pub const QUEUE_LIMIT: usize = 8 << 20;
 /// Most jobs taken in one turn, so one busy turn cannot starve the writes.
 const TURN_JOBS: usize = 4096;
 /// How long a turn waits for work to gather after the first job: the most a

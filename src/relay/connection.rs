@@ -136,6 +136,10 @@ impl Session {
                 let _ = upstream.set_nodelay(true);
                 Stream::Plain(upstream)
             }
+            // It accepted, then reset before saying a word: closed, as after a greeting.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return self.closed_by(EndReason::UpstreamClosed, Some(e));
+            }
             Ok(Err(e)) => return self.unreachable(client, &shared.upstream_addr, &e.to_string()).await,
             Err(_) => return self.unreachable(client, &shared.upstream_addr, "connection timed out").await,
         };
