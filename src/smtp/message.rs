@@ -61,7 +61,9 @@ impl MessageDigest {
 
     pub fn finish(self, complete: bool) -> MessageSummary {
         let digest = self.hasher.finalize();
-        let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let sha256 =
+            digest.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect();
         MessageSummary { size: self.size, sha256, headers: main_headers(&self.header), complete }
     }
 }
