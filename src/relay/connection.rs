@@ -299,6 +299,10 @@ impl Session {
         let mut client_side = ClientSide::Open;
         let mut deadline = tokio::time::Instant::now() + idle;
         let mut client_heard = Instant::now();
+        // One timer for the whole session, moved on each turn: pushing a
+        // deadline later is an atomic store, not a trip through the timer wheel.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         loop {
             enum Event {
                 Client(io::Result<usize>),
@@ -310,10 +314,11 @@ impl Session {
             self.recorder.flush_and_wait_for_room().await;
             from_client.clear();
             from_upstream.clear();
+            timer.as_mut().reset(self.deadline(deadline, idle));
             let event = tokio::select! {
                 r = client.read_buf(&mut from_client), if client_side == ClientSide::Open => Event::Client(r),
                 r = upstream.read_buf(&mut from_upstream) => Event::Upstream(r),
-                () = tokio::time::sleep_until(self.deadline(deadline, idle)) => Event::Idle,
+                () = &mut timer => Event::Idle,
                 _ = stop.changed() => Event::Stop,
             };
             deadline = tokio::time::Instant::now() + idle;
