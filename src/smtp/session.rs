@@ -109,7 +109,7 @@ pub fn format_time(t: DateTime<Utc>) -> String {
             value /= 10;
         }
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    String::from_utf8(out.to_vec()).expect("ASCII digits")
 }
 
 /// Who handles the client's STARTTLS, from the TLS modes of both sides
