@@ -16,7 +16,7 @@
 use super::spool::Spool;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +27,10 @@ use tokio::sync::Notify;
 
 /// Most record bytes queued and not yet written, across all sessions.
 pub const QUEUE_LIMIT: usize = 8 << 20;
+/// Bodies up to this size are written with the turn's lines.
+const INLINE_BODY: u64 = 16 * 1024;
+/// Larger bodies are written in blocks of about this size.
+const WRITE_BLOCK: usize = 256 * 1024;
 /// Most jobs taken in one turn, so one busy turn cannot starve the writes.
 const TURN_JOBS: usize = 4096;
 /// How long a turn waits for work to gather after the first job: the most a
@@ -219,7 +223,8 @@ impl OpenRecording {
         matches!(self.file, FileState::Failed)
     }
 
-    fn apply(&mut self, job: Job) {
+    /// Does one job; `scratch` is the thread's buffer for large bodies.
+    fn apply(&mut self, job: Job, scratch: &mut Vec<u8>) {
         match job {
             Job::Open { .. } => {}
             Job::Lines { bytes, .. } if self.out.is_empty() => self.out = bytes,
@@ -244,13 +249,13 @@ impl OpenRecording {
                 if self.failed() {
                     return;
                 }
-                // A body held in memory joins the turn's lines; a spilled one
-                // is streamed, after the lines before it.
+                // A small body joins the turn's lines; a larger one is
+                // written on its own, after the lines before it.
                 let result = match spool {
-                    Some(spool) if spool.on_disk() => {
+                    Some(spool) if spool.len() > INLINE_BODY => {
                         self.write_out();
                         match self.file() {
-                            Some(file) => write_with_body(file, &head, spool),
+                            Some(file) => write_with_body(file, &head, spool, scratch),
                             None => Ok(()),
                         }
                     }
@@ -286,13 +291,37 @@ impl OpenRecording {
     }
 }
 
-/// Writes an exchange whose message body was spilled to disk: the line is
-/// assembled around the streamed body, so its size never sits in memory.
-fn write_with_body(file: &File, head: &[u8], spool: Spool) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
+/// Writes an exchange line with a large body, streamed from its spool
+/// through `scratch` (at most [`WRITE_BLOCK`] at a time, so a spilled body
+/// never sits in memory whole). `scratch` keeps its capacity for the next.
+fn write_with_body(file: &File, head: &[u8], spool: Spool, scratch: &mut Vec<u8>) -> io::Result<()> {
+    scratch.clear();
+    let mut out = Blocks { file, buf: scratch };
     out.write_all(head)?;
     body_and_end(&mut out, Some(spool))?;
     out.flush()
+}
+
+/// A `BufWriter` over a borrowed buffer.
+struct Blocks<'a> {
+    file: &'a File,
+    buf: &'a mut Vec<u8>,
+}
+
+impl Write for Blocks<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= WRITE_BLOCK {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.file.write_all(self.buf);
+        self.buf.clear();
+        result
+    }
 }
 
 /// The rest of an exchange line after `"body":`. Without a spool (no content
@@ -309,8 +338,11 @@ fn run(rx: &Receiver<Message>, shared: &Shared) {
     let mut files = Files::default();
     while let Ok(first) = rx.recv() {
         // Let a turn's work gather: the thread is woken once per turn, not
-        // once per line, and each session's lines go out in one write.
-        std::thread::sleep(GATHER);
+        // once per line, and each session's lines go out in one write. A
+        // thread that is behind has gathered enough and goes straight on.
+        if shared.queued.load(Ordering::Relaxed) < shared.limit / 8 {
+            std::thread::sleep(GATHER);
+        }
         if files.turn(first, rx, shared) == Turn::Stop {
             return;
         }
@@ -329,6 +361,8 @@ struct Files {
     open: HashMap<u64, OpenRecording>,
     /// Sessions with lines gathered this turn.
     touched: Vec<u64>,
+    /// Where large bodies are escaped on their way to disk; reused.
+    scratch: Vec<u8>,
 }
 
 impl Files {
@@ -370,12 +404,12 @@ impl Files {
             }
             Job::Close { .. } => {
                 if let Some(mut recording) = self.open.remove(&session) {
-                    recording.apply(job);
+                    recording.apply(job, &mut self.scratch);
                 }
             }
             job => {
                 if let Some(recording) = self.open.get_mut(&session) {
-                    recording.apply(job);
+                    recording.apply(job, &mut self.scratch);
                     self.touched.push(session);
                 }
             }
@@ -425,27 +459,32 @@ mod tests {
     }
 
     #[test]
-    fn a_body_is_streamed_into_its_exchange_line_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let recorder = Recorder::start(QUEUE_LIMIT).unwrap();
-        let queue = recorder.queue();
-        let s = open(&queue, dir.path(), "s.jsonl", true);
-        lines(&queue, s, "{\"n\":1}\n");
-        queue.send(Job::MessageStart { session: s });
-        for part in ["Subject: x\r\n\r\n", "caf\u{e9} ", "\"quoted\"\r\n"] {
-            queue.send(Job::Content { session: s, bytes: part.as_bytes().to_vec() });
+    fn bodies_of_every_size_land_in_their_exchange_line_in_order() {
+        // Inline with the lines, written on its own, and spilled to disk first.
+        for repeat in [1, 5_000, 40_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let recorder = Recorder::start(QUEUE_LIMIT).unwrap();
+            let queue = recorder.queue();
+            let s = open(&queue, dir.path(), "s.jsonl", true);
+            lines(&queue, s, "{\"n\":1}\n");
+            queue.send(Job::MessageStart { session: s });
+            let mut want = String::from("Subject: x\r\n\r\n");
+            queue.send(Job::Content { session: s, bytes: want.clone().into_bytes() });
+            for _ in 0..repeat {
+                let part = "caf\u{e9} \"quoted\"\r\n";
+                queue.send(Job::Content { session: s, bytes: part.as_bytes().to_vec() });
+                want.push_str(part);
+            }
+            queue.send(Job::Body { session: s, head: br#"{"n":2,"message":{"body":"#.to_vec() });
+            lines(&queue, s, "{\"n\":3}\n");
+            recorder.finish();
+            let text = std::fs::read_to_string(dir.path().join("s.jsonl")).unwrap();
+            let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(records.iter().map(|r| r["n"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+            let body = &records[1]["message"]["body"];
+            assert_eq!(body["encoding"], "utf8", "{repeat}");
+            assert!(body["data"] == want.as_str(), "{repeat}: the body differs");
         }
-        queue.send(Job::Body { session: s, head: br#"{"n":2,"message":{"size":29,"body":"#.to_vec() });
-        lines(&queue, s, "{\"n\":3}\n");
-        recorder.finish();
-        let text = std::fs::read_to_string(dir.path().join("s.jsonl")).unwrap();
-        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(records.iter().map(|r| r["n"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
-        let body = &records[1]["message"]["body"];
-        assert_eq!(
-            (body["encoding"].as_str(), body["data"].as_str()),
-            (Some("utf8"), Some("Subject: x\r\n\r\ncafé \"quoted\"\r\n"))
-        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ const IN_MEMORY: usize = 256 * 1024;
 const BLOCK: usize = 64 * 1024;
 
 pub struct Spool {
+    /// Bytes pushed so far.
+    len: u64,
     memory: Vec<u8>,
     file: Option<File>,
     utf8: Utf8Check,
@@ -20,10 +22,11 @@ pub struct Spool {
 
 impl Spool {
     pub fn new() -> Spool {
-        Spool { memory: Vec::new(), file: None, utf8: Utf8Check::default() }
+        Spool { len: 0, memory: Vec::new(), file: None, utf8: Utf8Check::default() }
     }
 
     pub fn push(&mut self, chunk: &[u8], dir: &Path) -> io::Result<()> {
+        self.len += chunk.len() as u64;
         self.utf8.update(chunk);
         if !self.spills_with(chunk.len()) && self.file.is_none() {
             self.memory.extend_from_slice(chunk);
@@ -46,9 +49,9 @@ impl Spool {
         self.file.is_none() && self.memory.len() + more > IN_MEMORY
     }
 
-    /// Whether the content went over [`IN_MEMORY`] and sits in a file.
-    pub fn on_disk(&self) -> bool {
-        self.file.is_some()
+    /// Bytes of content so far.
+    pub fn len(&self) -> u64 {
+        self.len
     }
 
     /// Writes `{"encoding":…,"data":"…"}` for the content, streaming it
