@@ -380,22 +380,7 @@ mod tests {
 
     #[test]
     fn load_output_names_each_difference_once() {
-        let difference = |line: &str| report::Difference {
-            seq: 4,
-            command: "RCPT TO:<b@y>".into(),
-            expected: crate::record::format::ReplyRecord {
-                code: 250,
-                enhanced: None,
-                lines: vec![],
-                lines_base64: None,
-                omitted_lines: 0,
-                truncated: false,
-            },
-            got: None,
-            problem: None,
-            line: line.into(),
-            count: 1,
-        };
+        let difference = |line: &str| report::Difference::unanswered(4, "RCPT TO:<b@y>", line);
         let mut denied = SessionResult { session: 1, ..SessionResult::default() };
         for _ in 0..3 {
             let tally = Tally { exchanges: 2, matched: 1, differed: 1, ..Tally::default() };

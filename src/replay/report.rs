@@ -86,6 +86,23 @@ pub struct Difference {
     pub count: usize,
 }
 
+#[cfg(test)]
+impl Difference {
+    /// A command that got no reply where a `250` was recorded, for tests.
+    pub fn unanswered(seq: u64, command: &str, line: &str) -> Difference {
+        let expected = ReplyRecord {
+            code: 250,
+            enhanced: None,
+            lines: vec![],
+            lines_base64: None,
+            omitted_lines: 0,
+            truncated: false,
+        };
+        let (command, line) = (command.into(), line.into());
+        Difference { seq, command, expected, got: None, problem: None, line, count: 1 }
+    }
+}
+
 /// What one run of one recording found.
 #[derive(Debug, Default)]
 pub struct Outcome {
