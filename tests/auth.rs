@@ -25,11 +25,10 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -131,7 +130,7 @@ impl TracedProxy {
     fn start(args: &[&str]) -> TracedProxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("stderr.log");
-        let mut child = ChildGuard::spawn(
+        let (child, addr) = spawn_listening(
             Command::new(BIN)
                 .arg("proxy")
                 .args(["--listen", "127.0.0.1:0", "--record-dir"])
@@ -139,14 +138,10 @@ impl TracedProxy {
                 .arg("--ca-dir")
                 .arg(dir.path().join("certs"))
                 .args(args)
-                .env("RUST_LOG", "trace")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(File::create(&stderr).unwrap()),
-            "smtptap",
+                .env("RUST_LOG", "trace"),
+            "smtptap proxy",
+            &stderr,
         );
-        let addr = await_ready_line(&mut child.child, "listening on ", "smtptap proxy", &stderr);
-        let addr = addr.parse().expect("address after `listening on`");
         TracedProxy { _child: child, addr, dir }
     }
 

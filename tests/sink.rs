@@ -13,10 +13,9 @@ mod common;
 use common::*;
 
 use base64::Engine as _;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// The account the sinks in these tests accept.
 const USER: &str = "ann@x.test";
@@ -36,21 +35,18 @@ impl Sink {
     fn start(args: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("stderr");
-        let mut child = ChildGuard::spawn(
+        let (child, addr) = spawn_listening(
             Command::new(BIN)
                 .args(["sink", "--listen", "127.0.0.1:0", "--ca-dir"])
                 .arg(dir.path().join("certs"))
                 .arg("--save-dir")
                 .arg(dir.path().join("saved"))
                 .args(args)
-                .env("RUST_LOG", "smtptap=debug")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(File::create(&stderr).unwrap()),
-            "smtptap",
+                .env("RUST_LOG", "smtptap=debug"),
+            "smtptap sink",
+            &stderr,
         );
-        let addr = await_ready_line(&mut child.child, "listening on ", "smtptap sink", &stderr);
-        Sink { child, addr: addr.parse().expect("address after `listening on`"), dir }
+        Sink { child, addr, dir }
     }
 
     fn ca(&self) -> PathBuf {

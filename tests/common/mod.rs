@@ -439,6 +439,15 @@ pub fn await_ready_line(child: &mut Child, prefix: &'static str, what: &str, std
     }
 }
 
+/// Spawns an smtptap command (`cmd` has its arguments and environment) with
+/// stderr into `stderr`, and waits for its `listening on ADDR` line.
+pub fn spawn_listening(cmd: &mut Command, what: &str, stderr: &Path) -> (ChildGuard, SocketAddr) {
+    let cmd = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(File::create(stderr).expect("stderr file"));
+    let mut child = ChildGuard::spawn(cmd, "smtptap");
+    let addr = await_ready_line(&mut child.child, "listening on ", what, stderr);
+    (child, addr.parse().expect("address after `listening on`"))
+}
+
 /// Spawns a tests/peers Python script (`cmd`, named `script`) with stdin
 /// piped (closed when the guard kills it; the scripts also stop on EOF),
 /// stdout piped and stderr into `stderr`; waits for its `ready PORT` line
