@@ -131,6 +131,35 @@ fn upstream_closing_mid_data_is_passed_on_and_recorded() {
     assert!(!notes.iter().any(|n| n.contains("middle of a reply")), "no reply was cut: {notes:?}");
 }
 
+/// An upstream that closes or resets before its greeting: the client gets a
+/// 421 that says so, not a bare close, and the recording ends `upstream-closed`.
+#[test]
+fn an_upstream_gone_before_its_greeting_gets_the_client_a_421() {
+    for resets in [false, true] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = listener.local_addr().unwrap().to_string();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            if resets {
+                reset(stream);
+            }
+        });
+        let proxy = Proxy::start(&["--upstream", &upstream, "--client-tls", "off", "--upstream-tls", "off"]);
+        let mut client = RawClient::connect(proxy.addr);
+        let text = String::from_utf8_lossy(&read_until_eof(&mut client)).into_owned();
+        let how = if resets { "reset" } else { "closed" };
+        let want = format!("421 4.4.0 smtptap: the upstream {how} the connection before its greeting");
+        assert!(text.starts_with(&want), "{text:?}");
+        server.join().unwrap();
+        let session = &proxy.sessions(1)[0];
+        let end = end_of(session);
+        assert_eq!(end["reason"], "upstream-closed", "{end}");
+        assert_eq!(end["error"].as_str().unwrap_or_default().contains("reset"), resets, "{end}");
+        let last = *exchanges(session).last().unwrap();
+        assert_eq!((last["origin"].as_str(), last["reply"]["code"].as_u64()), (Some("proxy"), Some(421)));
+    }
+}
+
 #[test]
 fn upstream_reset_is_passed_on_and_recorded_with_its_error() {
     let upstream = FakeUpstream::start(|peer| {

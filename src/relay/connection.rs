@@ -136,9 +136,9 @@ impl Session {
                 let _ = upstream.set_nodelay(true);
                 Stream::Plain(upstream)
             }
-            // It accepted, then reset before saying a word: closed, as after a greeting.
+            // It accepted, then reset before saying a word: closed, not unreachable.
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return self.closed_by(EndReason::UpstreamClosed, Some(e));
+                return self.upstream_gone_silent(client, Some(e)).await;
             }
             Ok(Err(e)) => return self.unreachable(client, &shared.upstream_addr, &e.to_string()).await,
             Err(_) => return self.unreachable(client, &shared.upstream_addr, "connection timed out").await,
@@ -157,6 +157,15 @@ impl Session {
             return ending;
         }
         self.relay(client, &mut upstream, shared, stop).await
+    }
+
+    /// An upstream that closed or reset before sending a byte: the client
+    /// hears why, instead of a bare close.
+    async fn upstream_gone_silent(&mut self, client: &mut Stream, error: Option<io::Error>) -> Ending {
+        let how = if error.is_some() { "reset" } else { "closed" };
+        let text = format!("4.4.0 smtptap: the upstream {how} the connection before its greeting; try again later");
+        self.say_to_client(client, 421, &text).await;
+        self.closed_by(EndReason::UpstreamClosed, error)
     }
 
     async fn unreachable(&mut self, client: &mut Stream, addr: &str, error: &str) -> Ending {
@@ -350,6 +359,12 @@ impl Session {
                     }
                 }
                 Event::Client(Err(e)) => return self.closed_by(EndReason::ClientClosed, Some(e)),
+                Event::Upstream(Ok(0)) if self.from_upstream == 0 && client_side == ClientSide::Open => {
+                    return self.upstream_gone_silent(client, None).await;
+                }
+                Event::Upstream(Err(e)) if self.from_upstream == 0 && client_side == ClientSide::Open => {
+                    return self.upstream_gone_silent(client, Some(e)).await;
+                }
                 Event::Upstream(Ok(0)) => {
                     let (_, to_client) = self.observer.take_withheld();
                     if client_side.reads() {
