@@ -297,9 +297,18 @@ fn in_replay_order(dir: &Path) -> Vec<Vec<serde_json::Value>> {
     files.iter().map(|f| read_records(f)).collect()
 }
 
-/// aiosmtpd offering STARTTLS and AUTH (tests/peers/aiosmtpd_auth.py):
-/// `USER` with `password` only; its own self-signed certificate.
-struct AuthServer {
+fn swaks_auth(proxy: SocketAddr, mechanism: &str, extra: &[&str]) {
+    let args = [&["--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD][..], extra].concat();
+    swaks(proxy, &args);
+}
+
+/// An aiosmtpd peer from tests/peers with its own self-signed certificate,
+/// storing messages and its log under `<dir>/out`:
+/// - `aiosmtpd_auth.py` (STARTTLS and AUTH for `USER` with one password),
+///   logging `tls=0|1 MECHANISM USER ok|fail` per AUTH in `auth.log`;
+/// - `aiosmtpd_tls.py` in a TLS mode, logging `tls=0|1 LINE` per command in
+///   `commands.log`.
+struct TlsPeer {
     // Fields drop in order: the process dies before its directory goes.
     _child: ChildGuard,
     addr: SocketAddr,
@@ -307,37 +316,50 @@ struct AuthServer {
     cert: std::path::PathBuf,
 }
 
-impl AuthServer {
-    fn start(password: &str) -> AuthServer {
+impl TlsPeer {
+    fn auth(password: &str) -> TlsPeer {
+        TlsPeer::start("aiosmtpd_auth.py", "starttls", Some(password))
+    }
+
+    fn tls(mode: &str) -> TlsPeer {
+        TlsPeer::start("aiosmtpd_tls.py", mode, None)
+    }
+
+    fn start(script: &str, mode: &str, password: Option<&str>) -> TlsPeer {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let credentials = write_file(dir.path(), "credentials", format!("{USER}\t{password}\n").as_bytes());
         let (cert, key) = self_signed(dir.path(), "server");
         let mut cmd = Command::new("python3");
-        cmd.arg(peer_script("aiosmtpd_auth.py")).arg("starttls").arg(&out).arg(&credentials).arg(&cert).arg(&key);
-        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_auth.py", &dir.path().join("stderr"));
-        AuthServer { _child: child, addr, dir, cert }
+        cmd.arg(peer_script(script)).arg(mode).arg(&out);
+        if let Some(password) = password {
+            cmd.arg(write_file(dir.path(), "credentials", format!("{USER}\t{password}\n").as_bytes()));
+        }
+        cmd.arg(&cert).arg(&key);
+        let (child, addr) = spawn_ready_peer(&mut cmd, script, &dir.path().join("stderr"));
+        TlsPeer { _child: child, addr, dir, cert }
     }
 
     fn messages(&self, n: usize) -> Vec<Vec<u8>> {
         wait_messages(&self.dir.path().join("out"), n, &self.dir.path().join("stderr"))
     }
 
-    /// `tls=0|1 MECHANISM USER ok|fail` per AUTH.
-    fn auth_log(&self) -> Vec<String> {
-        read_text(&self.dir.path().join("out/auth.log")).lines().map(str::to_owned).collect()
+    /// The lines of `out/<name>`.
+    fn log(&self, name: &str) -> Vec<String> {
+        read_text(&self.dir.path().join("out").join(name)).lines().map(str::to_owned).collect()
     }
-}
 
-fn swaks_auth(proxy: SocketAddr, mechanism: &str, extra: &[&str]) {
-    let args = [&["--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD][..], extra].concat();
-    swaks(proxy, &args);
+    /// Replays `dir` against this server, trusting its certificate.
+    fn replay(&self, dir: &Path, extra: &[&str]) -> Output {
+        let target = self.addr.to_string();
+        let args = [path_str(dir), "--target", &target, "--target-ca", path_str(&self.cert)];
+        replay(&[&args[..], extra].concat())
+    }
 }
 
 #[test]
 fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
-    let first = AuthServer::start(PASSWORD);
+    let first = TlsPeer::auth(PASSWORD);
     let upstream = first.addr.to_string();
     let proxy = Proxy::start(&["--upstream", &upstream, "--upstream-ca", path_str(&first.cert)]);
     swaks_auth(proxy.addr, "PLAIN", &["--tls"]);
@@ -359,7 +381,7 @@ fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
     let plain = plain.expect("the AUTH PLAIN session");
     let auth = exchanges(&sessions[plain]).iter().find(|e| e["command"]["verb"] == "AUTH").unwrap()["seq"].clone();
     let dir = path_str(&proxy.record_dir()).to_owned();
-    let replay_to = |server: &AuthServer, junit: &Path| {
+    let replay_to = |server: &TlsPeer, junit: &Path| {
         let target = server.addr.to_string();
         let args =
             [&dir, "--target", &target, "--target-ca", path_str(&server.cert), "--auth-password-env", PASSWORD_VAR];
@@ -368,18 +390,18 @@ fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
 
     // Same rules: every reply matches; the same messages arrive, byte for
     // byte, and the same logins over the same TLS.
-    let fresh = AuthServer::start(PASSWORD);
+    let fresh = TlsPeer::auth(PASSWORD);
     let junit = proxy.dir.path().join("junit.xml");
     let out = replay_to(&fresh, &junit);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert!(stdout(&out).starts_with("4 sessions, ") && stdout(&out).contains(" 0 differed, 0 errors"));
     assert_eq!(sorted(fresh.messages(4)), sorted(recorded));
-    assert_eq!(sorted(fresh.auth_log()), sorted(first.auth_log()));
-    assert_eq!(fresh.auth_log().len(), 3, "{:?}", fresh.auth_log());
+    assert_eq!(sorted(fresh.log("auth.log")), sorted(first.log("auth.log")));
+    assert_eq!(fresh.log("auth.log").len(), 3, "{:?}", fresh.log("auth.log"));
     assert!(std::fs::read_to_string(&junit).unwrap().contains(r#"tests="4" failures="0" errors="0""#));
 
     // Another password: the AUTH reply differs, and says how.
-    let changed = AuthServer::start("another password");
+    let changed = TlsPeer::auth("another password");
     let out = replay_to(&changed, &junit);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let want = format!(
@@ -393,49 +415,11 @@ fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
     assert!(junit.contains(&want.replace('<', "&lt;").replace('>', "&gt;")), "{junit}");
 }
 
-/// aiosmtpd with TLS (tests/peers/aiosmtpd_tls.py) in `mode`, logging each
-/// command as `tls=0|1 LINE`.
-struct TlsServer {
-    // Fields drop in order: the process dies before its directory goes.
-    _child: ChildGuard,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    cert: std::path::PathBuf,
-}
-
-impl TlsServer {
-    fn start(mode: &str) -> TlsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        let (cert, key) = self_signed(dir.path(), "server");
-        let mut cmd = Command::new("python3");
-        cmd.arg(peer_script("aiosmtpd_tls.py")).arg(mode).arg(&out).arg(&cert).arg(&key);
-        let (child, addr) = spawn_ready_peer(&mut cmd, "aiosmtpd_tls.py", &dir.path().join("stderr"));
-        TlsServer { _child: child, addr, dir, cert }
-    }
-
-    fn messages(&self, n: usize) -> Vec<Vec<u8>> {
-        wait_messages(&self.dir.path().join("out"), n, &self.dir.path().join("stderr"))
-    }
-
-    fn commands(&self) -> Vec<String> {
-        read_text(&self.dir.path().join("out/commands.log")).lines().map(str::to_owned).collect()
-    }
-
-    /// Replays `dir` against this server, trusting its certificate.
-    fn replay(&self, dir: &Path, extra: &[&str]) -> Output {
-        let target = self.addr.to_string();
-        let args = [path_str(dir), "--target", &target, "--target-ca", path_str(&self.cert)];
-        replay(&[&args[..], extra].concat())
-    }
-}
-
 #[test]
 fn implicit_tls_and_the_proxys_own_starttls_are_replayed_as_the_server_saw_them() {
     for mode in ["implicit", "starttls"] {
         // A plaintext client; the proxy speaks `mode` to the server.
-        let first = TlsServer::start(mode);
+        let first = TlsPeer::tls(mode);
         let upstream = first.addr.to_string();
         let cert = path_str(&first.cert);
         let proxy = Proxy::start(&[
@@ -452,21 +436,21 @@ fn implicit_tls_and_the_proxys_own_starttls_are_replayed_as_the_server_saw_them(
         proxy.sessions(1);
         let recorded = first.messages(1);
 
-        let fresh = TlsServer::start(mode);
+        let fresh = TlsPeer::tls(mode);
         let out = fresh.replay(&proxy.record_dir(), &[]);
         assert_eq!(out.status.code(), Some(0), "{mode}: {}", output_text(&out));
         assert_eq!(fresh.messages(1), recorded, "{mode}");
-        assert_eq!(fresh.commands(), first.commands(), "{mode}");
-        let inside = first.commands().iter().filter(|c| c.starts_with("tls=1 ")).count();
-        assert!(inside >= 4, "{mode}: the client's commands went inside TLS: {:?}", first.commands());
+        assert_eq!(fresh.log("commands.log"), first.log("commands.log"), "{mode}");
+        let inside = first.log("commands.log").iter().filter(|c| c.starts_with("tls=1 ")).count();
+        assert!(inside >= 4, "{mode}: the client's commands went inside TLS: {:?}", first.log("commands.log"));
 
         if mode == "implicit" {
             // The same recording with STARTTLS asked for: the replay upgrades
             // right after the greeting.
-            let starttls = TlsServer::start("starttls");
+            let starttls = TlsPeer::tls("starttls");
             let out = starttls.replay(&proxy.record_dir(), &["--tls", "starttls"]);
             assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-            let commands = starttls.commands();
+            let commands = starttls.log("commands.log");
             assert_eq!(
                 commands[..3],
                 ["tls=0 EHLO swaks.test", "tls=0 STARTTLS", "tls=1 EHLO swaks.test"],
@@ -479,7 +463,7 @@ fn implicit_tls_and_the_proxys_own_starttls_are_replayed_as_the_server_saw_them(
 
 #[test]
 fn an_untrusted_target_certificate_is_exit_2_unless_insecure() {
-    let first = TlsServer::start("implicit");
+    let first = TlsPeer::tls("implicit");
     let upstream = first.addr.to_string();
     let cert = path_str(&first.cert);
     let proxy = Proxy::start(&[
@@ -494,7 +478,7 @@ fn an_untrusted_target_certificate_is_exit_2_unless_insecure() {
     ]);
     swaks(proxy.addr, &[]);
     proxy.sessions(1);
-    let fresh = TlsServer::start("implicit");
+    let fresh = TlsPeer::tls("implicit");
     let target = fresh.addr.to_string();
     let out = replay(&[path_str(&proxy.record_dir()), "--target", &target]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
