@@ -349,6 +349,14 @@ impl TlsPeer {
         read_text(&self.dir.path().join("out").join(name)).lines().map(str::to_owned).collect()
     }
 
+    /// `smtptap proxy` in front of this server: plaintext towards clients,
+    /// `mode` towards the server, whose certificate it trusts.
+    fn proxy_for_plaintext_clients(&self, mode: &str) -> Proxy {
+        let upstream = self.addr.to_string();
+        let cert = path_str(&self.cert);
+        Proxy::start(&["--upstream", &upstream, "--upstream-ca", cert, "--client-tls", "off", "--upstream-tls", mode])
+    }
+
     /// Replays `dir` against this server, trusting its certificate.
     fn replay(&self, dir: &Path, extra: &[&str]) -> Output {
         let target = self.addr.to_string();
@@ -420,18 +428,7 @@ fn implicit_tls_and_the_proxys_own_starttls_are_replayed_as_the_server_saw_them(
     for mode in ["implicit", "starttls"] {
         // A plaintext client; the proxy speaks `mode` to the server.
         let first = TlsPeer::tls(mode);
-        let upstream = first.addr.to_string();
-        let cert = path_str(&first.cert);
-        let proxy = Proxy::start(&[
-            "--upstream",
-            &upstream,
-            "--upstream-ca",
-            cert,
-            "--client-tls",
-            "off",
-            "--upstream-tls",
-            mode,
-        ]);
+        let proxy = first.proxy_for_plaintext_clients(mode);
         swaks(proxy.addr, &[]);
         proxy.sessions(1);
         let recorded = first.messages(1);
@@ -464,18 +461,7 @@ fn implicit_tls_and_the_proxys_own_starttls_are_replayed_as_the_server_saw_them(
 #[test]
 fn an_untrusted_target_certificate_is_exit_2_unless_insecure() {
     let first = TlsPeer::tls("implicit");
-    let upstream = first.addr.to_string();
-    let cert = path_str(&first.cert);
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &upstream,
-        "--upstream-ca",
-        cert,
-        "--client-tls",
-        "off",
-        "--upstream-tls",
-        "implicit",
-    ]);
+    let proxy = first.proxy_for_plaintext_clients("implicit");
     swaks(proxy.addr, &[]);
     proxy.sessions(1);
     let fresh = TlsPeer::tls("implicit");
