@@ -5,6 +5,23 @@
 //! dictionary attack on the password.
 
 use super::{AuthRecord, Ctx, decode_b64, utf8_problem};
+use hmac::{Hmac, KeyInit};
+use md5::Md5;
+
+/// `HMAC-MD5(password, challenge)`: what a client sends (hex) and a server checks.
+pub fn cram_md5_hmac(password: &[u8], challenge: &[u8]) -> Hmac<Md5> {
+    use hmac::Mac;
+    let mut mac = <Hmac<Md5> as KeyInit>::new_from_slice(password).expect("HMAC takes any key");
+    mac.update(challenge);
+    mac
+}
+
+/// A decoded response split into the user and the digest, at the last space
+/// (a user name may contain spaces; the digest cannot).
+pub fn split_cram_md5_response(blob: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = blob.iter().rposition(|&b| b == b' ')?;
+    Some((&blob[..space], &blob[space + 1..]))
+}
 
 /// Decodes the client's response to `challenge` (decoded already).
 pub(super) fn decode(ctx: &Ctx, mechanism: &str, data: &[u8], challenge: Option<String>) -> AuthRecord {
@@ -13,11 +30,9 @@ pub(super) fn decode(ctx: &Ctx, mechanism: &str, data: &[u8], challenge: Option<
     let Some(blob) = decode_b64(data) else {
         return undecodable("not base64");
     };
-    // The user name may contain spaces; the digest cannot.
-    let Some(space) = blob.iter().rposition(|&b| b == b' ') else {
+    let Some((user, digest)) = split_cram_md5_response(&blob) else {
         return undecodable("expected a user name, a space and the digest");
     };
-    let (user, digest) = (&blob[..space], &blob[space + 1..]);
     let well_formed = digest.len() == 32 && digest.iter().all(u8::is_ascii_hexdigit);
     AuthRecord {
         user: Some(ctx.identity(user)),

@@ -49,6 +49,7 @@ mod oauth;
 mod plain;
 mod scram;
 
+pub use cram::{cram_md5_hmac, split_cram_md5_response};
 pub use fingerprint::{FINGERPRINT_KEY_FILE, FingerprintKey};
 
 use base64::Engine as _;

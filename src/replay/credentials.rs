@@ -10,11 +10,10 @@
 //! is computed when it arrives ([`cram_md5`]). SCRAM and unknown mechanisms
 //! are refused: their proofs depend on the server's nonce and salt.
 
-use crate::auth::AuthRecord;
+use crate::auth::{AuthRecord, cram_md5_hmac};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, KeyInit, Mac};
-use md5::Md5;
+use hmac::Mac;
 use std::fmt;
 
 /// What `--auth-user` and `--auth-password-env` gave.
@@ -62,9 +61,8 @@ impl CramMd5 {
     /// challenge is not base64.
     pub fn respond(&self, challenge_b64: &[u8]) -> Option<String> {
         let challenge = B64.decode(challenge_b64.trim_ascii()).ok()?;
-        let mut mac = <Hmac<Md5> as KeyInit>::new_from_slice(self.password.0.as_bytes()).expect("HMAC takes any key");
-        mac.update(&challenge);
-        let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let mac = cram_md5_hmac(self.password.0.as_bytes(), &challenge).finalize().into_bytes();
+        let digest: String = mac.iter().map(|b| format!("{b:02x}")).collect();
         Some(B64.encode(format!("{} {digest}", self.user)))
     }
 }

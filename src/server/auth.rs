@@ -3,10 +3,10 @@
 //! takes the `AUTH` arguments and each [`Exchange::respond`] a continuation
 //! line; each returns the next [`Step`].
 
+use crate::auth::{cram_md5_hmac, split_cram_md5_response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, KeyInit, Mac};
-use md5::Md5;
+use hmac::Mac;
 use std::fmt;
 use std::str::FromStr;
 
@@ -180,19 +180,16 @@ fn plain(message: &[u8], accounts: &[Account]) -> Outcome {
 
 /// `user SP hex(HMAC-MD5(password, challenge))`.
 fn cram_md5(challenge: &str, response: &[u8], accounts: &[Account]) -> Outcome {
-    let Some(space) = response.iter().rposition(|&b| b == b' ') else {
+    let Some((user, digest)) = split_cram_md5_response(response) else {
         return Outcome::Malformed;
     };
-    let (user, digest) = (&response[..space], &response[space + 1..]);
     let Some(digest) = hex(digest) else {
         return Outcome::Malformed;
     };
     let Some(account) = account(accounts, user) else {
         return Outcome::Rejected;
     };
-    let mut mac = <Hmac<Md5> as KeyInit>::new_from_slice(account.password.as_bytes()).expect("HMAC takes any key");
-    mac.update(challenge.as_bytes());
-    match mac.verify_slice(&digest) {
+    match cram_md5_hmac(account.password.as_bytes(), challenge.as_bytes()).verify_slice(&digest) {
         Ok(()) => Outcome::Authenticated(account.user.clone()),
         Err(_) => Outcome::Rejected,
     }
