@@ -41,7 +41,7 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 pub(super) enum Job {
     /// A new recording: its file is made (`create_new`, 0600) with its first
     /// lines, remaking the directory if it vanished.
-    Open { session: u64, id: String, path: PathBuf, dir: PathBuf, keep_bodies: bool },
+    Open { session: u64, id: String, path: PathBuf, dir: PathBuf },
     /// Whole JSON lines to append.
     Lines { session: u64, bytes: Vec<u8> },
     /// A message starts; its content follows.
@@ -176,7 +176,6 @@ struct OpenRecording {
     out: Vec<u8>,
     /// Spooled messages whose exchange is not written yet, oldest first.
     spools: std::collections::VecDeque<Spool>,
-    keep_bodies: bool,
 }
 
 /// The file is made with its first lines, so no recording is ever seen empty.
@@ -188,9 +187,9 @@ enum FileState {
 }
 
 impl OpenRecording {
-    fn new(id: String, path: PathBuf, dir: PathBuf, keep_bodies: bool) -> OpenRecording {
+    fn new(id: String, path: PathBuf, dir: PathBuf) -> OpenRecording {
         let file = FileState::NotYet;
-        OpenRecording { id, path, dir, file, out: Vec::new(), spools: Default::default(), keep_bodies }
+        OpenRecording { id, path, dir, file, out: Vec::new(), spools: Default::default() }
     }
 
     /// The file, made (`create_new`, 0600) on first use; `None` once failed.
@@ -226,11 +225,11 @@ impl OpenRecording {
     /// Does one job; `scratch` is the thread's buffer for large bodies.
     fn apply(&mut self, job: Job, scratch: &mut Vec<u8>) {
         match job {
-            Job::Open { .. } => {}
+            Job::Open { .. } => unreachable!("Files::apply opens recordings"),
             Job::Lines { bytes, .. } if self.out.is_empty() => self.out = bytes,
             Job::Lines { bytes, .. } => self.out.extend_from_slice(&bytes),
-            Job::MessageStart { .. } if self.keep_bodies => self.spools.push_back(Spool::new()),
-            Job::MessageStart { .. } => {}
+            // Sent only when bodies are kept.
+            Job::MessageStart { .. } => self.spools.push_back(Spool::new()),
             Job::Content { bytes, .. } => {
                 if self.failed() {
                     return;
@@ -399,8 +398,8 @@ impl Files {
     fn apply(&mut self, job: Job) {
         let session = job.session();
         match job {
-            Job::Open { session, id, path, dir, keep_bodies } => {
-                self.open.insert(session, OpenRecording::new(id, path, dir, keep_bodies));
+            Job::Open { session, id, path, dir } => {
+                self.open.insert(session, OpenRecording::new(id, path, dir));
             }
             Job::Close { .. } => {
                 if let Some(mut recording) = self.open.remove(&session) {
@@ -424,10 +423,10 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    fn open(queue: &RecordQueue, dir: &Path, name: &str, keep_bodies: bool) -> u64 {
+    fn open(queue: &RecordQueue, dir: &Path, name: &str) -> u64 {
         let session = queue.new_session();
         let (id, path) = (name.to_owned(), dir.join(name));
-        queue.send(Job::Open { session, id, path, dir: dir.to_owned(), keep_bodies });
+        queue.send(Job::Open { session, id, path, dir: dir.to_owned() });
         session
     }
 
@@ -444,8 +443,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let recorder = Recorder::start(QUEUE_LIMIT).unwrap();
         let queue = recorder.queue();
-        let a = open(&queue, dir.path(), "a.jsonl", false);
-        let b = open(&queue, dir.path(), "b.jsonl", false);
+        let a = open(&queue, dir.path(), "a.jsonl");
+        let b = open(&queue, dir.path(), "b.jsonl");
         lines(&queue, a, "a1\n");
         lines(&queue, b, "b1\n");
         lines(&queue, a, "a2\na3\n");
@@ -465,7 +464,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let recorder = Recorder::start(QUEUE_LIMIT).unwrap();
             let queue = recorder.queue();
-            let s = open(&queue, dir.path(), "s.jsonl", true);
+            let s = open(&queue, dir.path(), "s.jsonl");
             lines(&queue, s, "{\"n\":1}\n");
             queue.send(Job::MessageStart { session: s });
             let mut want = String::from("Subject: x\r\n\r\n");
@@ -494,8 +493,8 @@ mod tests {
         std::fs::write(&not_a_dir, b"").unwrap();
         let recorder = Recorder::start(QUEUE_LIMIT).unwrap();
         let queue = recorder.queue();
-        let lost = open(&queue, &not_a_dir, "x.jsonl", true);
-        let kept = open(&queue, dir.path(), "kept.jsonl", true);
+        let lost = open(&queue, &not_a_dir, "x.jsonl");
+        let kept = open(&queue, dir.path(), "kept.jsonl");
         lines(&queue, lost, "nowhere\n");
         queue.send(Job::MessageStart { session: lost });
         queue.send(Job::Content { session: lost, bytes: b"body".to_vec() });
@@ -510,7 +509,7 @@ mod tests {
         let records = dir.path().join("gone");
         let recorder = Recorder::start(QUEUE_LIMIT).unwrap();
         let queue = recorder.queue();
-        let s = open(&queue, &records, "s.jsonl", false);
+        let s = open(&queue, &records, "s.jsonl");
         lines(&queue, s, "line\n");
         recorder.finish();
         assert_eq!(std::fs::read_to_string(records.join("s.jsonl")).unwrap(), "line\n");
@@ -522,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (queue, rx) = RecordQueue::new(10);
         assert!(!queue.room().await, "an empty queue has room");
-        let s = open(&queue, dir.path(), "s.jsonl", false);
+        let s = open(&queue, dir.path(), "s.jsonl");
         lines(&queue, s, "more than ten bytes\n");
         let waiting = tokio::spawn({
             let queue = queue.clone();

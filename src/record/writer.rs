@@ -42,7 +42,7 @@ impl SessionRecorder {
     pub fn create(queue: &RecordQueue, dir: &Path, info: &SessionInfo, keep_bodies: bool) -> SessionRecorder {
         let path = dir.join(file_name_for(info));
         let session = queue.new_session();
-        queue.send(Job::Open { session, id: info.id.clone(), path: path.clone(), dir: dir.to_owned(), keep_bodies });
+        queue.send(Job::Open { session, id: info.id.clone(), path: path.clone(), dir: dir.to_owned() });
         let mut recorder = SessionRecorder { queue: queue.clone(), session, path, keep_bodies, lines: Vec::new() };
         recorder.write_record(&Record::Session(info.clone()));
         recorder.flush();
