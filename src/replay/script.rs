@@ -29,6 +29,7 @@ use super::credentials::{Answer, CramMd5, CredentialError, Credentials, answer};
 use super::placeholder::placeholder;
 use crate::record::format::{BodyEncoding, Exchange, MessageRecord, Record, ReplyRecord, TlsSide};
 use crate::record::reader::Recording;
+use crate::smtp::command::{Command, CommandKind};
 use crate::smtp::data::dot_stuff;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -287,10 +288,12 @@ pub fn build_from(exchanges: &[&Exchange], facts: &Facts, plan: &Plan) -> Result
             group.starttls = Some(upgraded_after(e));
         }
         if verb == "BDAT" {
-            let (size, last) = parse_bdat(&command.line).ok_or_else(|| ScriptError::Damaged {
-                seq: e.seq,
-                what: format!("cannot read the chunk size of `{}`", command.line),
-            })?;
+            let CommandKind::Bdat { size, last } = Command::parse(command.line.as_bytes()).kind else {
+                return Err(ScriptError::Damaged {
+                    seq: e.seq,
+                    what: format!("cannot read the chunk size of `{}`", command.line),
+                });
+            };
             bdat.push((size, group_index, group.bytes.len()));
             if last {
                 let message = e.message.as_ref().ok_or_else(|| ScriptError::Damaged {
@@ -371,19 +374,6 @@ fn content_label(seq: u64, content: &[u8], placeholders: &[u64]) -> String {
     } else {
         format!("(message, {} octets)", content.len())
     }
-}
-
-/// `BDAT <size> [LAST]`: the size, and whether it is the last chunk.
-fn parse_bdat(line: &str) -> Option<(u64, bool)> {
-    let mut words = line.split_ascii_whitespace();
-    words.next()?;
-    let size = words.next()?.parse().ok()?;
-    let last = match words.next() {
-        None => false,
-        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-        Some(_) => return None,
-    };
-    words.next().is_none().then_some((size, last))
 }
 
 /// Splits `content` by the recorded chunk sizes and inserts each chunk right
