@@ -25,12 +25,14 @@
 //!   target server, its replies compared with the recorded ones.
 //! - [`serve`]: `smtptap serve`, the server side of a recording played to
 //!   any client, reporting where the client departs from it.
+//! - [`hex`]: lower-case hex, the form of every digest in the record.
 //! - [`cli`]: command-line flags, resolved into config structs.
 //! - [`shutdown`]: SIGINT and SIGTERM, for the commands that run until stopped.
 
 pub mod auth;
 pub mod check;
 pub mod cli;
+pub mod hex;
 pub mod record;
 pub mod relay;
 pub mod replay;

@@ -78,12 +78,7 @@ impl FingerprintKey {
             mac.update(part);
         }
         let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(PREFIX.len() + 2 * digest.len());
-        out.push_str(PREFIX);
-        for b in digest.iter() {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        format!("{PREFIX}{}", crate::hex::lower_hex(&digest))
     }
 
     fn parse(bytes: &[u8], path: &Path) -> io::Result<FingerprintKey> {

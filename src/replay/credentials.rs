@@ -62,7 +62,7 @@ impl CramMd5 {
     pub fn respond(&self, challenge_b64: &[u8]) -> Option<String> {
         let challenge = B64.decode(challenge_b64.trim_ascii()).ok()?;
         let mac = cram_md5_hmac(self.password.0.as_bytes(), &challenge).finalize().into_bytes();
-        let digest: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        let digest = crate::hex::lower_hex(&mac);
         Some(B64.encode(format!("{} {digest}", self.user)))
     }
 }

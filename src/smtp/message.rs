@@ -61,9 +61,7 @@ impl MessageDigest {
 
     pub fn finish(self, complete: bool) -> MessageSummary {
         let digest = self.hasher.finalize();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let sha256 =
-            digest.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect();
+        let sha256 = crate::hex::lower_hex(&digest);
         MessageSummary { size: self.size, sha256, headers: main_headers(&self.header), complete }
     }
 }

@@ -30,7 +30,7 @@ pub fn peer_certificate(leaf: &CertificateDer<'_>, verified: Result<(), rustls::
     PeerCertificate {
         subject,
         issuer,
-        sha256: Sha256::digest(leaf).iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: crate::hex::lower_hex(&Sha256::digest(leaf)),
         verified: verified.is_ok(),
         verify_error: verified.err().map(|e| e.to_string()),
     }
