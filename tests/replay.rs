@@ -290,13 +290,6 @@ fn an_unreachable_target_is_exit_2() {
 // aiosmtpd: STARTTLS, AUTH and implicit TLS
 // ---------------------------------------------------------------------------
 
-/// The recordings in `dir` in replay order (file name), parsed.
-fn in_replay_order(dir: &Path) -> Vec<Vec<serde_json::Value>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files.iter().map(|f| read_records(f)).collect()
-}
-
 fn swaks_auth(proxy: SocketAddr, mechanism: &str, extra: &[&str]) {
     let args = [&["--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD][..], extra].concat();
     swaks(proxy, &args);
@@ -383,7 +376,8 @@ fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
     assert_success(&out, "smtplib_send.py");
     proxy.sessions(4);
     let recorded = first.messages(4);
-    let sessions = in_replay_order(&proxy.record_dir());
+    // In replay order: by file name.
+    let sessions: Vec<_> = recording_files(&proxy.record_dir()).iter().map(|f| read_records(f)).collect();
     let plain =
         sessions.iter().position(|s| exchanges(s).iter().any(|e| e["command"]["line"] == "AUTH PLAIN <redacted>"));
     let plain = plain.expect("the AUTH PLAIN session");
