@@ -415,6 +415,10 @@ fn startup_errors_say_what_to_do() {
     assert!(err.contains("--user"), "{err}");
     let err = sink_fails(&["--user", "no-colon"]);
     assert!(err.contains("expected NAME:PASSWORD"), "{err}");
+    for value in [":hunter2", "hunter2"] {
+        let err = sink_fails(&["--user", value]);
+        assert!(err.contains("expected NAME:PASSWORD") && !err.contains("hunter2"), "the password echoed: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ pub struct SinkArgs {
     pub hostname: String,
     /// An account clients may authenticate as (repeatable; split at the first colon). With any, AUTH
     /// PLAIN, LOGIN and CRAM-MD5 are offered; without, AUTH is not.
-    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = AccountParser)]
     pub users: Vec<Account>,
     /// Refuse MAIL until the client has authenticated (530 5.7.0).
     #[arg(long, requires = "users")]
@@ -69,6 +69,29 @@ pub struct SinkArgs {
     /// Disconnect a client silent this long (421).
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+}
+
+/// Parses `--user NAME:PASSWORD`. Clap's own parsers repeat a refused value
+/// in their error; this one never does, since the value holds a password.
+#[derive(Clone)]
+struct AccountParser;
+
+impl clap::builder::TypedValueParser for AccountParser {
+    type Value = Account;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Account, clap::Error> {
+        let arg = arg.map_or_else(|| "--user".to_owned(), ToString::to_string);
+        let refused = |why: &str| {
+            let message = format!("invalid value for '{arg}': {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        };
+        value.to_str().ok_or_else(|| refused("not UTF-8"))?.parse().map_err(|why: String| refused(&why))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
