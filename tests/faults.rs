@@ -591,6 +591,12 @@ fn sigterm_as_soon_as_the_proxy_listens_is_a_clean_shutdown() {
     // The readiness line promises the signal handlers are installed.
     for _ in 0..3 {
         let mut proxy = Proxy::start(&[]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).expect("SigCgt line").trim();
+        let caught = u64::from_str_radix(caught, 16).unwrap();
+        for (name, signal) in [("SIGINT", 2), ("SIGTERM", 15)] {
+            assert!(caught & (1 << (signal - 1)) != 0, "{name} not handled yet when the proxy said it listens");
+        }
         let status = proxy.terminate();
         assert!(status.success(), "exit status {status:?}; stderr:\n{}", proxy.stderr());
     }
