@@ -125,36 +125,24 @@ fn smtplib_authenticates_with_each_mechanism_and_fails_with_a_wrong_password() {
     }
 }
 
+/// curl sending [`test_message`] to `url` as [`USER`], with `extra` flags;
+/// its output whatever the status.
+fn curl(sink: &Sink, url: &str, extra: &[&str]) -> Output {
+    let file = write_file(sink.dir.path(), "m.eml", &test_message());
+    let user = format!("{USER}:{PASSWORD}");
+    let mut args = vec!["-sS", "-v", "--max-time", "30", "--url", url, "--user", &user];
+    args.extend_from_slice(extra);
+    args.extend(["--mail-from", FROM, "--mail-rcpt", TO, "--upload-file", path_str(&file)]);
+    run_peer("curl", &args, None)
+}
+
 #[test]
 fn curl_authenticates_and_the_message_is_saved_byte_for_byte() {
     let sink = Sink::start(&["--tls", "off", "--user", ACCOUNT, "--require-auth"]);
-    let file = write_file(sink.dir.path(), "m.eml", &test_message());
     let url = format!("smtp://{}/curl.test", sink.addr);
-    let user = format!("{USER}:{PASSWORD}");
     for mechanism in ["PLAIN", "LOGIN", "CRAM-MD5"] {
         let options = format!("AUTH={mechanism}");
-        let out = run_peer(
-            "curl",
-            &[
-                "-sS",
-                "-v",
-                "--max-time",
-                "30",
-                "--url",
-                &url,
-                "--user",
-                &user,
-                "--login-options",
-                &options,
-                "--mail-from",
-                FROM,
-                "--mail-rcpt",
-                TO,
-                "--upload-file",
-                path_str(&file),
-            ],
-            None,
-        );
+        let out = curl(&sink, &url, &["--login-options", &options]);
         assert_success(&out, &format!("curl AUTH={mechanism}"));
         assert!(stderr(&out).contains(&format!("> AUTH {mechanism}")), "{}", output_text(&out));
     }
@@ -333,35 +321,10 @@ fn smtplib_over_starttls_and_implicit_tls_delivers_byte_identical_messages() {
 #[test]
 fn curl_over_implicit_tls_by_name_gets_a_certificate_for_that_name() {
     let sink = Sink::start(&["--tls", "implicit", "--user", ACCOUNT]);
-    let file = write_file(sink.dir.path(), "m.eml", &test_message());
     let url = format!("smtps://localhost:{}/curl.test", sink.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", sink.addr.port());
-    let user = format!("{USER}:{PASSWORD}");
     let ca = sink.ca();
-    let out = run_peer(
-        "curl",
-        &[
-            "-sS",
-            "-v",
-            "--max-time",
-            "30",
-            "--cacert",
-            path_str(&ca),
-            "--resolve",
-            &resolve,
-            "--url",
-            &url,
-            "--user",
-            &user,
-            "--mail-from",
-            FROM,
-            "--mail-rcpt",
-            TO,
-            "--upload-file",
-            path_str(&file),
-        ],
-        None,
-    );
+    let out = curl(&sink, &url, &["--cacert", path_str(&ca), "--resolve", &resolve]);
     assert_success(&out, "curl smtps://");
     assert!(stderr(&out).contains("subject: CN=localhost"), "{}", output_text(&out));
     assert_eq!(sink.saved(1), [test_message()]);
