@@ -234,9 +234,10 @@ pub struct Observer {
     key: FingerprintKey,
     /// The SASL exchange in progress, from `AUTH` to its final reply.
     sasl: Option<SaslSession>,
-    /// An AUTH exchange ended while client lines were held: they may be SASL
-    /// responses sent ahead of a challenge that never came, so lines that are
-    /// no SMTP command are recorded redacted until one that is comes.
+    /// An AUTH exchange was refused, or ended while client lines were held:
+    /// what the client sent ahead of a challenge that never came may be SASL
+    /// responses (held, or still on the way), so lines that are no SMTP
+    /// command are recorded redacted until one that is comes.
     after_refused_auth: bool,
     /// The AUTH mechanisms the server's last EHLO reply offered.
     offered_auth: Vec<String>,
@@ -909,7 +910,7 @@ impl Observer {
             }
             Awaited::Command(CommandKind::Auth { .. }) | Awaited::SaslResponse => {
                 self.sasl = None;
-                self.after_refused_auth = !self.held.is_empty();
+                self.after_refused_auth = !self.held.is_empty() || !(200..300).contains(&code);
             }
             Awaited::Command(CommandKind::Ehlo) if code == 250 => self.offered_auth = auth_mechanisms(&reply),
             Awaited::Command(CommandKind::StartTls) if code == 220 => {
@@ -1573,6 +1574,28 @@ mod tests {
             S(b"220 mx\r\n"),
             C(b"AUTH LOGIN\r\ndXNlckB4LnRlc3Q=\r\nUzNjcjN0LXBhc3M=\r\nNOOP\r\n"),
             S(b"504 5.5.4 no LOGIN\r\n500 what\r\n500 what\r\n250 ok\r\n"),
+        ];
+        let out = observe(&steps, &[]);
+        assert_eq!(verbs(&out), [v("", 220), v("AUTH", 504), (None, Some(500)), (None, Some(500)), v("NOOP", 250)]);
+        let lines: Vec<&str> = out.exchanges[2..].iter().map(|e| e.command.as_ref().unwrap().line.as_str()).collect();
+        assert_eq!(lines, ["<redacted>", "<redacted>", "NOOP"]);
+        let json = serde_json::to_string(&out.exchanges).unwrap();
+        for form in leak_forms("S3cr3t-pass") {
+            assert!(!json.contains(&form), "{form} leaked: {json}");
+        }
+    }
+
+    /// SASL responses a client sent without waiting for a challenge may reach
+    /// the proxy only after the server refused the AUTH: they are redacted
+    /// all the same, and the first real command after them is recorded.
+    #[test]
+    fn responses_arriving_after_a_refused_auth_are_redacted() {
+        let steps = [
+            S(b"220 mx\r\n"),
+            C(b"AUTH LOGIN\r\n"),
+            S(b"504 5.5.4 no LOGIN\r\n"),
+            C(b"dXNlckB4LnRlc3Q=\r\nUzNjcjN0LXBhc3M=\r\nNOOP\r\n"),
+            S(b"500 what\r\n500 what\r\n250 ok\r\n"),
         ];
         let out = observe(&steps, &[]);
         assert_eq!(verbs(&out), [v("", 220), v("AUTH", 504), (None, Some(500)), (None, Some(500)), v("NOOP", 250)]);
