@@ -53,6 +53,11 @@ impl Sink {
         self.dir.path().join("certs").join("ca.pem")
     }
 
+    /// Everything the sink logged (at debug).
+    fn log(&self) -> String {
+        read_text(&self.dir.path().join("stderr"))
+    }
+
     fn save_dir(&self) -> PathBuf {
         self.dir.path().join("saved")
     }
@@ -104,6 +109,11 @@ fn swaks_authenticates_with_each_mechanism_and_fails_with_a_wrong_password() {
         assert!(stdout(&out).contains("535 5.7.8 Authentication credentials invalid"), "{}", output_text(&out));
     }
     assert_eq!(sink.saved(3).len(), 3, "one message per successful login");
+    let log = sink.log();
+    assert!(log.contains("client authenticated"), "{log}");
+    for form in secret_forms(PASSWORD) {
+        assert!(!log.contains(&form), "the sink logged the password ({form}):\n{log}");
+    }
 }
 
 /// tests/peers/smtplib_auth.py: `(exit status, reply code)`.
