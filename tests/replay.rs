@@ -383,11 +383,14 @@ fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
     let plain = plain.expect("the AUTH PLAIN session");
     let auth = exchanges(&sessions[plain]).iter().find(|e| e["command"]["verb"] == "AUTH").unwrap()["seq"].clone();
     let dir = path_str(&proxy.record_dir()).to_owned();
+    // The JUnit report at `junit`, the JSON one beside it.
     let replay_to = |server: &TlsPeer, junit: &Path| {
         let target = server.addr.to_string();
         let args =
             [&dir, "--target", &target, "--target-ca", path_str(&server.cert), "--auth-password-env", PASSWORD_VAR];
-        replay_env(&[&args[..], &["--junit", path_str(junit)]].concat(), &[(PASSWORD_VAR, PASSWORD)])
+        let report = junit.with_file_name("report.json");
+        let reports = ["--junit", path_str(junit), "--report", path_str(&report)];
+        replay_env(&[&args[..], &reports[..]].concat(), &[(PASSWORD_VAR, PASSWORD)])
     };
 
     // Same rules: every reply matches; the same messages arrive, byte for
@@ -415,6 +418,15 @@ fn starttls_and_auth_sessions_replay_into_a_fresh_aiosmtpd_byte_for_byte() {
     let junit = std::fs::read_to_string(&junit).unwrap();
     assert!(junit.contains(r#"tests="4" failures="3" errors="0""#), "{junit}");
     assert!(junit.contains(&want.replace('<', "&lt;").replace('>', "&gt;")), "{junit}");
+    // The password given, in no form, in the output or the reports.
+    let report = read_text(&proxy.dir.path().join("report.json"));
+    assert!(report.contains(&want), "{report}");
+    let written = [("stdout", stdout(&out)), ("stderr", stderr(&out)), ("junit", junit), ("report", report)];
+    for form in secret_forms(PASSWORD) {
+        for (what, text) in &written {
+            assert!(!text.contains(&form), "{what} holds the password as {form:?}:\n{text}");
+        }
+    }
 }
 
 #[test]
