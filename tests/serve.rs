@@ -115,6 +115,12 @@ fn swaks(addr: SocketAddr, extra: &[&str]) -> std::process::Output {
     run_peer("swaks", &args, None)
 }
 
+/// tests/peers/smtplib_tls.py: `message` over `mode` TLS to `addr`, trusting only `ca`.
+fn smtplib_tls(mode: &str, addr: SocketAddr, ca: &Path, message: &Path) -> std::process::Output {
+    let (script, port) = (peer_script("smtplib_tls.py"), addr.port().to_string());
+    run_peer("python3", &[path_str(&script), mode, "127.0.0.1", &port, path_str(ca), path_str(message)], None)
+}
+
 /// The summary line of connection `n` says `diverged` divergences.
 fn assert_summary(output: &str, n: usize, diverged: usize) {
     let prefix = format!("connection {n}: ");
@@ -216,12 +222,7 @@ fn starttls_is_served_with_a_certificate_from_the_ca_dir() {
     let dir = tempfile::tempdir().unwrap();
     let message = write_file(dir.path(), "m.eml", b"Subject: tls\r\n\r\nhello\r\n");
     let proxy = Proxy::start(&[]);
-    let script = peer_script("smtplib_tls.py");
-    let send = |addr: SocketAddr, ca: &Path| {
-        let port = addr.port().to_string();
-        let args = [path_str(&script), "starttls", "127.0.0.1", &port, path_str(ca), path_str(&message)];
-        run_peer("python3", &args, None)
-    };
+    let send = |addr, ca: &Path| smtplib_tls("starttls", addr, ca, &message);
     assert_success(&send(proxy.addr, &proxy.ca_cert()), "smtplib STARTTLS through the proxy");
     let recorded = recording(&proxy);
     assert!(seq_of(&recorded, "STARTTLS") > 0);
@@ -243,12 +244,7 @@ fn implicit_tls_is_served_as_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let message = write_file(dir.path(), "m.eml", b"Subject: implicit\r\n\r\nhello\r\n");
     let proxy = Proxy::start(&["--client-tls", "implicit"]);
-    let script = peer_script("smtplib_tls.py");
-    let send = |addr: SocketAddr, ca: &Path| {
-        let port = addr.port().to_string();
-        let args = [path_str(&script), "implicit", "127.0.0.1", &port, path_str(ca), path_str(&message)];
-        run_peer("python3", &args, None)
-    };
+    let send = |addr, ca: &Path| smtplib_tls("implicit", addr, ca, &message);
     assert_success(&send(proxy.addr, &proxy.ca_cert()), "smtplib implicit TLS through the proxy");
     let serve = Serve::start(&recording(&proxy), &["--once"]);
     assert_success(&send(serve.addr, &serve.ca()), "smtplib implicit TLS against serve");
