@@ -258,6 +258,8 @@ fn what_is_not_a_recording_is_refused() {
     assert!(stderr(&out).contains("not an smtptap recording"), "{}", output_text(&out));
     let out = replay(&[path_str(dir.path()), "--target", &target]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    let err = stderr(&out);
+    assert!(err.contains("notes.jsonl") && err.contains("not an smtptap recording"), "{err}");
     let recording = std::fs::read_to_string(fixture("raw-bdat.jsonl")).unwrap();
     let damaged =
         recording.replacen("\n{\"type\":\"exchange\",\"seq\":2,", "\n{garbage\n{\"type\":\"exchange\",\"seq\":2,", 1);
