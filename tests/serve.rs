@@ -290,10 +290,16 @@ fn auth_plain_and_login_are_served_whatever_the_password() {
         let client = swaks(serve.addr, &auth("another"));
         assert_success(&client, "swaks AUTH against serve");
         assert!(stdout(&client).contains("<-  235 "), "{}", output_text(&client));
+        serve.wait_line("connection 1: ");
+        let log = serve.stderr();
         let (code, output) = serve.finish();
         assert_eq!(code, Some(0), "AUTH {mech}: {output}");
         assert_summary(&output, 1, 0);
         assert!(!output.contains("another"), "{output}");
+        // The client sends it in base64: look for every form, in the output and the debug log.
+        for form in secret_forms("another") {
+            assert!(!output.contains(&form) && !log.contains(&form), "AUTH {mech}: the password shown ({form})");
+        }
     }
 }
 
