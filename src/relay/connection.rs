@@ -11,9 +11,7 @@ use super::{Shared, handshake};
 use crate::record::format::{EndReason, Record, SessionEnd, SessionInfo, TlsInfo};
 use crate::record::writer::SessionRecorder;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{
-    Actions, ClientDeadline, Clock, MIN_CONTENT_RATE, Observer, ObserverConfig, Sending, Upgrade, format_time,
-};
+use crate::smtp::session::{Actions, Clock, Observer, ObserverConfig, TimedOut, Upgrade, format_time};
 use crate::tls::TlsMode;
 use std::io;
 use std::net::SocketAddr;
@@ -307,7 +305,6 @@ impl Session {
         let mut from_upstream = Vec::with_capacity(BUFFER);
         let mut client_side = ClientSide::Open;
         let mut deadline = tokio::time::Instant::now() + idle;
-        let mut client_heard = Instant::now();
         // One timer for the whole session, moved on each turn: pushing a
         // deadline later is an atomic store, not a trip through the timer wheel.
         let timer = tokio::time::sleep_until(deadline);
@@ -341,7 +338,6 @@ impl Session {
                     let _ = upstream.shutdown().await;
                 }
                 Event::Client(Ok(n)) => {
-                    client_heard = now;
                     self.from_client += n as u64;
                     let actions = self.observer.client_bytes(now, &from_client[..n], &mut self.recorder);
                     if let Err(e) = write_within(upstream, &actions.to_upstream, idle).await {
@@ -409,33 +405,9 @@ impl Session {
                 }
                 Event::Upstream(Err(e)) => return self.closed_by(EndReason::UpstreamClosed, Some(e)),
                 Event::Idle => {
-                    let secs = idle.as_secs();
-                    // A client silent for the idle timeout is idle, whatever else is overdue.
-                    let silent = now.duration_since(client_heard) >= idle;
-                    let late = self.observer.client_deadline(idle).filter(|d| d.at <= now && !silent);
-                    let phase = self.observer.phase();
-                    let (text, why) = match late {
-                        Some(ClientDeadline { sending: Sending::Line, .. }) => (
-                            format!("4.4.2 smtptap: command line not completed within {secs} s, closing connection"),
-                            format!("a command line took over {secs} s, {phase}"),
-                        ),
-                        Some(ClientDeadline { sending: Sending::Content { bytes }, since, .. }) => (
-                            format!(
-                                "4.4.2 smtptap: message content too slow (under {MIN_CONTENT_RATE} bytes/s \
-                                after the first {secs} s), closing connection"
-                            ),
-                            format!(
-                                "message content too slow: {bytes} bytes in {} s, {phase}",
-                                now.duration_since(since).as_secs()
-                            ),
-                        ),
-                        None => (
-                            format!("4.4.2 smtptap: no data for {secs} s, closing connection"),
-                            format!("nothing for {secs} s, {phase}"),
-                        ),
-                    };
+                    let TimedOut { reply, why } = self.observer.timed_out(now, idle);
                     if client_side.reads() && self.observer.between_replies() {
-                        self.say_to_client(client, 421, &text).await;
+                        self.say_to_client(client, 421, &reply).await;
                     }
                     return Ending::with_error(EndReason::Timeout, why);
                 }

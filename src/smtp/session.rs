@@ -58,6 +58,14 @@ pub struct ClientDeadline {
     pub sending: Sending,
 }
 
+/// Why a session the relay's timer ended is closed: the `421` text for the
+/// client and the error for the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut {
+    pub reply: String,
+    pub why: String,
+}
+
 /// Where the observer's results go: the recorder, or a test's collector.
 pub trait Output {
     /// A completed exchange, in `seq` order.
@@ -254,6 +262,8 @@ pub struct Observer {
     gate: Option<Vec<u8>>,
     /// An EHLO reply held back for editing.
     ehlo_reply: Vec<u8>,
+    /// When the client's last bytes came.
+    client_heard: Instant,
     /// When the client's unfinished command line began (slow-client defence).
     line_since: Option<Instant>,
     /// When the current message content (or BDAT chunk) began, and its bytes so far.
@@ -296,6 +306,7 @@ impl Observer {
             held_dropped: 0,
             gate: None,
             ehlo_reply: Vec::new(),
+            client_heard: clock.started,
             line_since: None,
             content_since: clock.started,
             content_bytes: 0,
@@ -364,6 +375,37 @@ impl Observer {
         Some(ClientDeadline { at: since + idle, since, sending: Sending::Line })
     }
 
+    /// Why the session is closed when the relay's timer fires at `now`: after
+    /// `idle` without a byte, or at [`Observer::client_deadline`].
+    pub fn timed_out(&self, now: Instant, idle: Duration) -> TimedOut {
+        let secs = idle.as_secs();
+        // A client silent for the idle timeout is idle, whatever else is overdue.
+        let silent = now.duration_since(self.client_heard) >= idle;
+        let late = self.client_deadline(idle).filter(|d| d.at <= now && !silent);
+        let phase = self.phase();
+        let (reply, why) = match late {
+            Some(ClientDeadline { sending: Sending::Line, .. }) => (
+                format!("4.4.2 smtptap: command line not completed within {secs} s, closing connection"),
+                format!("a command line took over {secs} s, {phase}"),
+            ),
+            Some(ClientDeadline { sending: Sending::Content { bytes }, since, .. }) => (
+                format!(
+                    "4.4.2 smtptap: message content too slow (under {MIN_CONTENT_RATE} bytes/s \
+                    after the first {secs} s), closing connection"
+                ),
+                format!(
+                    "message content too slow: {bytes} bytes in {} s, {phase}",
+                    now.duration_since(since).as_secs()
+                ),
+            ),
+            None => (
+                format!("4.4.2 smtptap: no data for {secs} s, closing connection"),
+                format!("nothing for {secs} s, {phase}"),
+            ),
+        };
+        TimedOut { reply, why }
+    }
+
     /// True while some reply (the greeting included) is still due.
     pub fn awaiting_replies(&self) -> bool {
         !self.pending.is_empty()
@@ -382,6 +424,9 @@ impl Observer {
 
     /// Bytes the client sent towards the server.
     pub fn client_bytes<'a>(&mut self, now: Instant, input: &'a [u8], out: &mut impl Output) -> Actions<'a> {
+        if !input.is_empty() {
+            self.client_heard = now;
+        }
         let mut actions = Actions::default();
         let mut forward = Forward::new(input);
         self.client_input(now, input, &mut forward, &mut actions, out);
@@ -1634,6 +1679,36 @@ mod tests {
         obs.server_bytes(t1, b"250 ok\r\n", &mut out);
         obs.client_bytes(t1, b"BDAT 10 LAST\r\nabc", &mut out);
         assert_eq!(obs.client_deadline(idle).map(|d| d.sending), Some(Sending::Content { bytes: 3 }));
+    }
+
+    /// The timer's reason: an overdue line or message while the client still
+    /// sends, plain idleness once it has been silent for the idle timeout.
+    #[test]
+    fn a_timeout_names_what_was_overdue() {
+        let clock = Clock::now();
+        let t0 = clock.started;
+        let idle = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        let mut obs = Observer::new(clock, config(StartTlsPolicy::Mirror));
+        let mut out = Collect::default();
+        obs.server_bytes(t0, b"220 mx\r\n", &mut out);
+        assert!(obs.timed_out(t0 + idle, idle).reply.contains("no data for 10 s"));
+        obs.client_bytes(t0, b"NO", &mut out);
+        obs.client_bytes(t0 + s(9), b"O", &mut out);
+        let line = obs.timed_out(t0 + idle, idle);
+        assert!(line.reply.contains("command line not completed within 10 s"), "{line:?}");
+        assert_eq!(line.why, "a command line took over 10 s, waiting for the client: the rest of a command line");
+        let silent = obs.timed_out(t0 + s(19), idle);
+        assert!(silent.reply.contains("no data for 10 s") && silent.why.starts_with("nothing for 10 s"), "{silent:?}");
+        obs.client_bytes(t0 + s(19), b"P\r\nDATA\r\n", &mut out);
+        obs.server_bytes(t0 + s(20), b"250 ok\r\n354 go\r\n", &mut out);
+        obs.client_bytes(t0 + s(29), b"x", &mut out);
+        let content = obs.timed_out(t0 + s(31), idle);
+        assert!(content.reply.contains("message content too slow"), "{content:?}");
+        assert_eq!(
+            content.why,
+            "message content too slow: 1 bytes in 11 s, waiting for the client: message content (DATA)"
+        );
     }
 
     proptest! {
