@@ -373,6 +373,11 @@ mod tests {
         Expect::Command { verb, line: line.as_bytes().to_vec() }
     }
 
+    /// The greeting `220 mx`, then `steps`.
+    fn script(steps: Vec<Step>) -> Arc<Script> {
+        Arc::new(Script { greeting: Some(b"220 mx\r\n".to_vec()), steps, skipped_starttls: 0 })
+    }
+
     /// EHLO, MAIL, RCPT, DATA + message, QUIT.
     fn mail_script() -> Arc<Script> {
         Arc::new(Script {
@@ -390,11 +395,7 @@ mod tests {
     }
 
     fn one_noop() -> Arc<Script> {
-        Arc::new(Script {
-            greeting: Some(b"220 mx\r\n".to_vec()),
-            steps: vec![step(1, cmd("NOOP"), "250 ok\r\n")],
-            skipped_starttls: 0,
-        })
+        script(vec![step(1, cmd("NOOP"), "250 ok\r\n")])
     }
 
     /// Feeds `input` in one piece; the replies, the flow and the report.
@@ -494,15 +495,11 @@ mod tests {
 
     #[test]
     fn starttls_is_served_and_advertised_only_before_tls() {
-        let script = Arc::new(Script {
-            greeting: Some(b"220 mx\r\n".to_vec()),
-            steps: vec![
-                step(1, cmd("EHLO c"), "250-mx\r\n250 SIZE 10\r\n"),
-                step(2, cmd("STARTTLS"), "220 2.0.0 go\r\n"),
-                step(3, cmd("EHLO c"), "250-mx\r\n250 SIZE 10\r\n"),
-            ],
-            skipped_starttls: 0,
-        });
+        let script = script(vec![
+            step(1, cmd("EHLO c"), "250-mx\r\n250 SIZE 10\r\n"),
+            step(2, cmd("STARTTLS"), "220 2.0.0 go\r\n"),
+            step(3, cmd("EHLO c"), "250-mx\r\n250 SIZE 10\r\n"),
+        ]);
         let mut s = greeted(script, true);
         let (out, flow, _) = talk(&mut s, "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected>\r\n");
         assert_eq!(out, "250-mx\r\n250-SIZE 10\r\n250 STARTTLS\r\n220 2.0.0 go\r\n");
@@ -515,11 +512,7 @@ mod tests {
 
     #[test]
     fn helo_replies_have_no_extensions_to_edit() {
-        let script = Arc::new(Script {
-            greeting: Some(b"220 mx\r\n".to_vec()),
-            steps: vec![step(1, cmd("HELO c"), "250 mx\r\n")],
-            skipped_starttls: 0,
-        });
+        let script = script(vec![step(1, cmd("HELO c"), "250 mx\r\n")]);
         let (out, _, _) = talk(&mut greeted(script, true), "HELO c\r\n");
         assert_eq!(out, "250 mx\r\n");
     }
@@ -542,17 +535,13 @@ mod tests {
 
     #[test]
     fn auth_is_matched_by_mechanism_never_by_secret() {
-        let script = Arc::new(Script {
-            greeting: Some(b"220 mx\r\n".to_vec()),
-            steps: vec![
-                step(1, cmd("AUTH PLAIN <redacted>"), "235 2.7.0 ok\r\n"),
-                step(2, cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n"),
-                step(3, Expect::SaslResponse, "334 UGFzc3dvcmQ6\r\n"),
-                step(4, Expect::SaslResponse, "535 5.7.8 no\r\n"),
-                step(5, cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n"),
-            ],
-            skipped_starttls: 0,
-        });
+        let script = script(vec![
+            step(1, cmd("AUTH PLAIN <redacted>"), "235 2.7.0 ok\r\n"),
+            step(2, cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n"),
+            step(3, Expect::SaslResponse, "334 UGFzc3dvcmQ6\r\n"),
+            step(4, Expect::SaslResponse, "535 5.7.8 no\r\n"),
+            step(5, cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n"),
+        ]);
         let mut s = greeted(script, false);
         let (out, _, report) = talk(&mut s, "auth plain AHVAeABzZWNyZXQ=\r\nAUTH LOGIN\r\ndQ==\r\nc2VjcmV0\r\n");
         assert_eq!(out, "235 2.7.0 ok\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n535 5.7.8 no\r\n");
@@ -564,15 +553,11 @@ mod tests {
 
     #[test]
     fn bdat_chunks_are_read_whole_before_the_reply() {
-        let script = Arc::new(Script {
-            greeting: Some(b"220 mx\r\n".to_vec()),
-            steps: vec![
-                step(1, cmd("BDAT 5"), "250 2.0.0 5 octets\r\n"),
-                step(2, cmd("BDAT 3 LAST"), "250 2.0.0 queued\r\n"),
-                step(3, cmd("NOOP"), "250 ok\r\n"),
-            ],
-            skipped_starttls: 0,
-        });
+        let script = script(vec![
+            step(1, cmd("BDAT 5"), "250 2.0.0 5 octets\r\n"),
+            step(2, cmd("BDAT 3 LAST"), "250 2.0.0 queued\r\n"),
+            step(3, cmd("NOOP"), "250 ok\r\n"),
+        ]);
         let mut s = greeted(script, false);
         let (out, _, _) = talk(&mut s, "BDAT 5\r\nNOO");
         assert_eq!(out, "", "the chunk is not complete yet");
