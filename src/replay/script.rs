@@ -27,7 +27,8 @@
 
 use super::credentials::{Answer, CramMd5, CredentialError, Credentials, answer};
 use super::placeholder::placeholder;
-use crate::record::format::{BodyEncoding, Exchange, MessageRecord, Record, ReplyRecord, TlsSide};
+use crate::auth::REDACTED;
+use crate::record::format::{BodyEncoding, CommandRecord, Exchange, MessageRecord, Record, ReplyRecord, TlsSide};
 use crate::record::reader::Recording;
 use crate::smtp::command::{Command, CommandKind};
 use crate::smtp::data::dot_stuff;
@@ -155,7 +156,8 @@ impl fmt::Debug for Group {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expected {
     pub seq: u64,
-    /// The command line as recorded, or `(greeting)` / `(message, N octets)`.
+    /// The command line as recorded (SASL client data shown as `<redacted>`),
+    /// or `(greeting)` / `(message, N octets)`.
     pub label: String,
     /// What latencies are filed under: the verb, `AUTH` for SASL
     /// continuations, `message`, `greeting`.
@@ -283,7 +285,7 @@ pub fn build_from(exchanges: &[&Exchange], facts: &Facts, plan: &Plan) -> Result
         let group = &mut script.groups[group_index];
         group.bytes.extend_from_slice(&line);
         group.cram_md5 = cram_md5;
-        group.expects.push(expected(e, command.line.clone(), if verb.is_empty() { "AUTH" } else { verb }));
+        group.expects.push(expected(e, label(command), if verb.is_empty() { "AUTH" } else { verb }));
         if is_starttls {
             group.starttls = Some(upgraded_after(e));
         }
@@ -345,7 +347,7 @@ fn own_ehlo(exchanges: &[&Exchange]) -> Vec<u8> {
 /// rebuilt; or, for CRAM-MD5, the answer to compute once the challenge came.
 fn line_bytes(e: &Exchange, facts: &Facts, plan: &Plan) -> Result<(Vec<u8>, Option<CramMd5>), ScriptError> {
     let Some(command) = &e.command else { return Ok((Vec::new(), None)) };
-    let redacted = command.line.strip_suffix(crate::auth::REDACTED).zip(command.auth.as_ref());
+    let redacted = command.line.strip_suffix(REDACTED).zip(command.auth.as_ref());
     let Some((recorded, auth)) = redacted else {
         let line = match &command.line_base64 {
             Some(b64) => B64.decode(b64).map_err(|err| ScriptError::Damaged {
@@ -366,6 +368,22 @@ fn line_bytes(e: &Exchange, facts: &Facts, plan: &Plan) -> Result<(Vec<u8>, Opti
 fn expected(e: &Exchange, label: String, verb: &str) -> Expected {
     let completes_message = e.message.is_some();
     Expected { seq: e.seq, label, verb: verb.to_owned(), reply: e.reply.clone(), completes_message }
+}
+
+/// How a command is named in the output and the reports: SASL client data
+/// is never shown, not even from a recording that kept it (`--redact none`).
+fn label(command: &CommandRecord) -> String {
+    let line = &command.line;
+    match command.verb.as_deref() {
+        _ if line.ends_with(REDACTED) => line.clone(),
+        // A SASL continuation: client data and nothing else.
+        None => REDACTED.to_owned(),
+        Some("AUTH") => match line.split_ascii_whitespace().collect::<Vec<_>>()[..] {
+            [auth, mechanism, _, ..] => format!("{auth} {mechanism} {REDACTED}"),
+            _ => line.clone(),
+        },
+        Some(_) => line.clone(),
+    }
 }
 
 fn content_label(seq: u64, content: &[u8], placeholders: &[u64]) -> String {

@@ -235,6 +235,28 @@ fn redacted_secrets_are_rebuilt_from_the_credentials() {
 }
 
 #[test]
+fn secrets_a_recording_kept_are_sent_but_never_in_a_label() {
+    // Recorded with `--redact none`: PLAIN with an initial response, then LOGIN.
+    let plain = B64.encode("\0ann\0hunter2");
+    let password = B64.encode("hunter2");
+    let mut login_password = exchange(4, Some(&password), false, 235);
+    login_password.command.as_mut().unwrap().verb = None;
+    let exchanges = [
+        exchange(1, Some(&format!("AUTH PLAIN {plain}")), false, 535),
+        exchange(2, Some("AUTH LOGIN"), false, 334),
+        login_password,
+        exchange(5, Some("QUIT"), false, 221),
+    ];
+    let script = build_all(&exchanges).unwrap();
+    assert_eq!(
+        sent(&script),
+        [format!("AUTH PLAIN {plain}\r\n"), "AUTH LOGIN\r\n".into(), format!("{password}\r\n"), "QUIT\r\n".into()]
+    );
+    let labels: Vec<&str> = script.groups.iter().flat_map(|g| &g.expects).map(|e| e.label.as_str()).collect();
+    assert_eq!(labels, ["AUTH PLAIN <redacted>", "AUTH LOGIN", "<redacted>", "QUIT"]);
+}
+
+#[test]
 fn a_missing_secret_is_refused_once_naming_the_flag() {
     let err = build_all(&auth_exchanges()).unwrap_err();
     assert!(matches!(err, ScriptError::Credentials { seq: 2, .. }), "{err:?}");
