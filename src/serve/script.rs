@@ -100,7 +100,8 @@ fn is_starttls_accepted(e: &Exchange) -> bool {
         && e.reply.as_ref().is_some_and(|r| r.code == 220)
 }
 
-fn is_hello(verb: Option<&str>) -> bool {
+/// Whether `verb` opens a session: EHLO, HELO or LHLO.
+pub fn is_hello(verb: Option<&str>) -> bool {
     matches!(verb, Some("EHLO" | "HELO" | "LHLO"))
 }
 

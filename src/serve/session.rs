@@ -23,7 +23,7 @@
 //! recording has no STARTTLS gets `220` and TLS, and the script goes back to
 //! its last EHLO, which the client repeats inside TLS.
 
-use super::script::{Expect, Script, shown};
+use super::script::{Expect, Script, is_hello, shown};
 use crate::smtp::command::{Command, CommandKind};
 use crate::smtp::data::DotDecoder;
 use crate::smtp::ehlo::with_starttls;
@@ -264,7 +264,7 @@ impl ServeSession {
             (CommandKind::StartTls, 220) if !self.tls_active => flow = Flow::StartTls,
             _ => {}
         }
-        if matches!(verb.as_str(), "EHLO" | "HELO" | "LHLO") {
+        if is_hello(Some(verb)) {
             self.last_hello = Some(self.pos - 1);
         }
         if matches!(verb.as_str(), "EHLO" | "LHLO") {
