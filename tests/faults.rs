@@ -465,25 +465,7 @@ fn a_command_line_dribbled_byte_by_byte_times_out() {
     let mut client = RawClient::connect(proxy.addr);
     client.read_replies(1);
     let started = Instant::now();
-    let mut closed = false;
-    for byte in b"NOOP and then some more".iter().cycle().take(40) {
-        // Time itself is under test here: 300 ms between bytes, a third of the timeout.
-        thread::sleep(Duration::from_millis(300));
-        if client.stream.write_all(&[*byte]).is_err() {
-            closed = true;
-            break;
-        }
-        client.stream.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-        let mut buf = [0u8; 256];
-        match client.stream.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => client.received.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
+    let closed = trickle(&mut client, b"NOOP and then some more");
     assert!(closed || client.received.windows(9).any(|w| w == b"421 4.4.2"), "the session outlived its line");
     assert!(started.elapsed() < Duration::from_secs(8), "closed too late: {:?}", started.elapsed());
     let session = &proxy.sessions(1)[0];

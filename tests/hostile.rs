@@ -8,7 +8,7 @@ use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use smtptap::smtp::data::DotDecoder;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -316,26 +316,6 @@ fn a_client_talking_before_the_greeting_is_relayed_and_paired() {
 // ---------------------------------------------------------------------------
 // Slow and idle peers: every phase has a deadline, and the record names it
 // ---------------------------------------------------------------------------
-
-/// Sends `bytes` one every 300 ms (a third of the 1 s idle timeout) until the
-/// proxy closes; true if it did within 40 bytes.
-fn trickle(client: &mut RawClient, bytes: &[u8]) -> bool {
-    client.stream.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-    for byte in bytes.iter().cycle().take(40) {
-        // Time itself is under test here.
-        thread::sleep(Duration::from_millis(300));
-        if client.stream.write_all(&[*byte]).is_err() {
-            return true;
-        }
-        let mut buf = [0u8; 512];
-        match client.stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(n) => client.received.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    false
-}
 
 /// What a client does in a timeout case once greeted.
 enum Then {

@@ -794,6 +794,27 @@ pub fn read_until_eof(client: &mut RawClient) -> Vec<u8> {
     }
 }
 
+/// Sends `bytes` one every 300 ms (a third of the 1 s idle timeout) until the
+/// proxy closes (what it says is kept in `received`); true if it did within
+/// 40 bytes.
+pub fn trickle(client: &mut RawClient, bytes: &[u8]) -> bool {
+    client.stream.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    for byte in bytes.iter().cycle().take(40) {
+        // Time itself is under test here.
+        thread::sleep(Duration::from_millis(300));
+        if client.stream.write_all(&[*byte]).is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 512];
+        match client.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => client.received.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    false
+}
+
 /// The bytes the client received after the first `skip`, as text.
 pub fn text_after(received: &[u8], skip: usize) -> String {
     String::from_utf8_lossy(&received[skip..]).into_owned()
