@@ -104,8 +104,7 @@ impl AuthServer {
 /// The proxy in plaintext on both sides, relaying to `server`.
 fn plaintext_proxy(server: &AuthServer, extra: &[&str]) -> Proxy {
     let upstream = server.upstream();
-    let mut args = vec!["--upstream", upstream.as_str(), "--client-tls", "off", "--upstream-tls", "off"];
-    args.extend_from_slice(extra);
+    let args = [&["--upstream", upstream.as_str()][..], &PLAINTEXT, extra].concat();
     Proxy::start(&args)
 }
 
@@ -635,8 +634,7 @@ fn msmtp_plain_login_cram_md5_with_right_and_wrong_password() {
 fn run_everything(extra: &[&str]) -> (Vec<Run>, Vec<Run>, TracedProxy, TracedProxy, AuthServer, AuthServer) {
     let server = AuthServer::start(false);
     let upstream = server.upstream();
-    let mut args = vec!["--upstream", upstream.as_str(), "--client-tls", "off", "--upstream-tls", "off"];
-    args.extend_from_slice(extra);
+    let args = [&["--upstream", upstream.as_str()][..], &PLAINTEXT, extra].concat();
     let proxy = TracedProxy::start(&args);
     let mut runs = Vec::new();
     for client in [Client::Swaks, Client::Smtplib, Client::Curl, Client::Msmtp] {
@@ -792,8 +790,7 @@ fn fingerprints_are_stable_across_sessions_and_restarts_and_differ_by_password()
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(&certs, dir.path().join("certs")).unwrap();
     let upstream = server.upstream();
-    let plaintext = ["--upstream", upstream.as_str(), "--client-tls", "off", "--upstream-tls", "off"];
-    let second = Proxy::start_in(dir, &plaintext);
+    let second = Proxy::start_in(dir, &[&["--upstream", upstream.as_str()][..], &PLAINTEXT].concat());
     swaks(&second, Mech::Plain, true);
     swaks(&second, Mech::Login, false);
     let again: Vec<String> = second.sessions(2).iter().map(|s| session_fingerprint(s)).collect();

@@ -144,7 +144,7 @@ fn an_upstream_gone_before_its_greeting_gets_the_client_a_421() {
                 reset(stream);
             }
         });
-        let proxy = Proxy::start(&["--upstream", &upstream, "--client-tls", "off", "--upstream-tls", "off"]);
+        let proxy = Proxy::start(&[&["--upstream", &upstream][..], &PLAINTEXT].concat());
         let mut client = RawClient::connect(proxy.addr);
         let text = String::from_utf8_lossy(&read_until_eof(&mut client)).into_owned();
         let how = if resets { "reset" } else { "closed" };
@@ -392,11 +392,7 @@ impl TinyDisk {
             &["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "tmpfs", path_str(mount_point.path())],
             None,
         );
-        assert!(
-            out.status.success(),
-            "mount a tmpfs (the tests run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, "mount a tmpfs (the tests run as root)");
         TinyDisk { mount_point }
     }
 }
@@ -415,7 +411,7 @@ fn a_full_disk_stops_the_recording_not_the_mail() {
     let disk = TinyDisk::mount(64);
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(disk.mount_point.path(), dir.path().join("recordings")).unwrap();
-    let proxy = Proxy::start_in(dir, &["--client-tls", "off", "--upstream-tls", "off"]);
+    let proxy = Proxy::start_in(dir, &PLAINTEXT);
     let body = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(16 * 1024); // 1.1 MB
     one_session(proxy.addr, &body).expect("the message is delivered although the disk is full");
     wait_for("the log line about the incomplete recording", || {
@@ -433,7 +429,7 @@ fn a_full_disk_stops_the_recording_not_the_mail() {
 /// logged as such; a record directory that cannot be made stops the start.
 #[test]
 fn an_unusable_record_directory_never_stops_the_mail() {
-    let proxy = Proxy::start(&["--client-tls", "off", "--upstream-tls", "off"]);
+    let proxy = Proxy::start(&PLAINTEXT);
     let records = proxy.record_dir();
     std::fs::remove_dir(&records).unwrap();
     std::fs::write(&records, b"not a directory").unwrap();
@@ -483,7 +479,7 @@ fn a_command_line_dribbled_byte_by_byte_times_out() {
 /// come back down once the storm is over.
 #[test]
 fn connection_storm_is_capped_and_leaves_nothing_behind() {
-    let proxy = Proxy::start(&["--client-tls", "off", "--upstream-tls", "off", "--max-connections", "64"]);
+    let proxy = Proxy::start(&[&PLAINTEXT[..], &["--max-connections", "64"]].concat());
     let pid = proxy.child.id();
     let mut warm = RawClient::connect(proxy.addr);
     warm.read_replies(1);
