@@ -109,6 +109,14 @@ impl CommandRecord {
         }
     }
 
+    /// The exact bytes of the line: `line_base64` when the record has it.
+    pub fn exact_line(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        match &self.line_base64 {
+            Some(b64) => B64.decode(b64),
+            None => Ok(self.line.clone().into_bytes()),
+        }
+    }
+
     /// A line whose content must not be kept, shown as `shown`.
     pub fn redacted(verb: Option<String>, shown: String) -> CommandRecord {
         CommandRecord { verb, line: shown, line_base64: None, length: None, incomplete: false, auth: None }
@@ -130,6 +138,16 @@ pub struct ReplyRecord {
     /// Some line was longer than the line cap and is cut.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+}
+
+impl ReplyRecord {
+    /// The exact bytes of each line: `lines_base64` when the record has it.
+    pub fn exact_lines(&self) -> Result<Vec<Vec<u8>>, base64::DecodeError> {
+        match &self.lines_base64 {
+            Some(lines) => lines.iter().map(|l| B64.decode(l)).collect(),
+            None => Ok(self.lines.iter().map(|l| l.clone().into_bytes()).collect()),
+        }
+    }
 }
 
 impl From<&Reply> for ReplyRecord {
@@ -171,6 +189,16 @@ pub struct Body {
     /// `utf8` when the content is valid UTF-8, else `base64`.
     pub encoding: BodyEncoding,
     pub data: String,
+}
+
+impl Body {
+    /// The content as delivered.
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        match self.encoding {
+            BodyEncoding::Utf8 => Ok(self.data.clone().into_bytes()),
+            BodyEncoding::Base64 => B64.decode(&self.data),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

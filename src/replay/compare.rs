@@ -4,8 +4,6 @@
 
 use crate::record::format::ReplyRecord;
 use crate::smtp::reply::Reply;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 
 /// What must agree between the recorded reply and the one received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -35,13 +33,7 @@ pub fn matches(mode: MatchMode, expected: &ReplyRecord, got: &Reply) -> bool {
 
 /// The recorded lines as bytes (exact when the recording kept them in base64).
 fn expected_lines(expected: &ReplyRecord) -> Vec<Vec<u8>> {
-    if let Some(exact) = &expected.lines_base64 {
-        let decoded: Option<Vec<Vec<u8>>> = exact.iter().map(|l| B64.decode(l).ok()).collect();
-        if let Some(lines) = decoded {
-            return lines;
-        }
-    }
-    expected.lines.iter().map(|l| l.clone().into_bytes()).collect()
+    expected.exact_lines().unwrap_or_else(|_| expected.lines.iter().map(|l| l.clone().into_bytes()).collect())
 }
 
 /// The index of the first line that differs, `None` when all agree.
@@ -96,6 +88,8 @@ pub fn diff_line(session: usize, seq: u64, label: &str, expected: &str, got: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
 
     fn record(code: u16, enhanced: Option<&str>, lines: &[&str]) -> ReplyRecord {
         ReplyRecord {

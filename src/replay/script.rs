@@ -28,12 +28,10 @@
 use super::credentials::{Answer, CramMd5, CredentialError, Credentials, answer};
 use super::placeholder::placeholder;
 use crate::auth::REDACTED;
-use crate::record::format::{BodyEncoding, CommandRecord, Exchange, MessageRecord, Record, ReplyRecord, TlsSide};
+use crate::record::format::{CommandRecord, Exchange, MessageRecord, Record, ReplyRecord, TlsSide};
 use crate::record::reader::Recording;
 use crate::smtp::command::{Command, CommandKind};
 use crate::smtp::data::dot_stuff;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use std::fmt;
 
 /// TLS towards the target (`--tls`).
@@ -349,13 +347,9 @@ fn line_bytes(e: &Exchange, facts: &Facts, plan: &Plan) -> Result<(Vec<u8>, Opti
     let Some(command) = &e.command else { return Ok((Vec::new(), None)) };
     let redacted = command.line.strip_suffix(REDACTED).zip(command.auth.as_ref());
     let Some((recorded, auth)) = redacted else {
-        let line = match &command.line_base64 {
-            Some(b64) => B64.decode(b64).map_err(|err| ScriptError::Damaged {
-                seq: e.seq,
-                what: format!("line_base64 is not base64: {err}"),
-            })?,
-            None => command.line.clone().into_bytes(),
-        };
+        let line = command
+            .exact_line()
+            .map_err(|err| ScriptError::Damaged { seq: e.seq, what: format!("line_base64 is not base64: {err}") })?;
         return Ok((line, None));
     };
     match answer(auth, &plan.credentials, facts.identities_redacted) {
@@ -433,12 +427,7 @@ fn content(seq: u64, message: &MessageRecord, placeholders: &mut Vec<u64>) -> Re
         placeholders.push(seq);
         return Ok(placeholder(message));
     };
-    match body.encoding {
-        BodyEncoding::Utf8 => Ok(body.data.clone().into_bytes()),
-        BodyEncoding::Base64 => B64
-            .decode(&body.data)
-            .map_err(|err| ScriptError::Damaged { seq, what: format!("the message body is not base64: {err}") }),
-    }
+    body.bytes().map_err(|err| ScriptError::Damaged { seq, what: format!("the message body is not base64: {err}") })
 }
 
 #[cfg(test)]

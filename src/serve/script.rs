@@ -11,8 +11,6 @@ use crate::record::format::{Exchange, ReplyRecord};
 use crate::record::reader::Recording;
 use crate::smtp::command::{Command, CommandKind};
 use crate::tls::TlsMode;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 
 /// The server side of one recording.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,12 +134,9 @@ pub fn build(recording: &Recording, starttls: bool) -> Result<Script, ScriptErro
         let expect = match &command.verb {
             None => Expect::SaslResponse,
             Some(verb) => {
-                let line = match &command.line_base64 {
-                    Some(b64) => B64
-                        .decode(b64)
-                        .map_err(|err| ScriptError { seq: e.seq, what: format!("line_base64 is not base64: {err}") })?,
-                    None => command.line.clone().into_bytes(),
-                };
+                let line = command
+                    .exact_line()
+                    .map_err(|err| ScriptError { seq: e.seq, what: format!("line_base64 is not base64: {err}") })?;
                 Expect::Command { verb: verb.clone(), line }
             }
         };
@@ -161,14 +156,8 @@ fn step(seq: u64, expect: Expect, reply: &ReplyRecord) -> Result<Step, ScriptErr
 /// A recorded reply as the server sent it: `NNN-text` lines, `NNN text` last.
 /// A reply recorded with code 0 (a line that was no reply) is sent as it was.
 pub fn wire(seq: u64, reply: &ReplyRecord) -> Result<Vec<u8>, ScriptError> {
-    let lines: Vec<Vec<u8>> = match &reply.lines_base64 {
-        Some(lines) => lines
-            .iter()
-            .map(|l| B64.decode(l))
-            .collect::<Result<_, _>>()
-            .map_err(|err| ScriptError { seq, what: format!("lines_base64 is not base64: {err}") })?,
-        None => reply.lines.iter().map(|l| l.clone().into_bytes()).collect(),
-    };
+    let lines =
+        reply.exact_lines().map_err(|err| ScriptError { seq, what: format!("lines_base64 is not base64: {err}") })?;
     let mut out = Vec::new();
     if lines.is_empty() {
         out.extend_from_slice(format!("{:03}\r\n", reply.code).as_bytes());
@@ -187,6 +176,8 @@ pub fn wire(seq: u64, reply: &ReplyRecord) -> Result<Vec<u8>, ScriptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
     use std::path::Path;
 
     const SESSION: &str = r#"{"type":"session","format":1,"id":"t","started":"2026-11-28T19:36:24.123456Z","listen":"l","client":"c","upstream":"u","tool":"smtptap"}"#;

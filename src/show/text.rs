@@ -1,9 +1,7 @@
 //! Times, sizes and terminal-safe text, shared by the transcript, the list
 //! and `smtptap check`.
 
-use crate::record::format::{Body, BodyEncoding};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use crate::record::format::Body;
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
 
@@ -86,8 +84,5 @@ fn is_unsafe(c: char) -> bool {
 
 /// The message content as bytes, when the recording kept it.
 pub fn body_bytes(body: &Body) -> Option<Vec<u8>> {
-    match body.encoding {
-        BodyEncoding::Utf8 => Some(body.data.as_bytes().to_vec()),
-        BodyEncoding::Base64 => B64.decode(&body.data).ok(),
-    }
+    body.bytes().ok()
 }

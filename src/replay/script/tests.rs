@@ -1,5 +1,7 @@
 use super::*;
-use crate::record::format::{Body, CommandRecord};
+use crate::record::format::{Body, BodyEncoding, CommandRecord};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use std::collections::BTreeMap;
 
 fn plan(tls: TlsPlan) -> Plan {
