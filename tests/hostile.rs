@@ -21,6 +21,13 @@ type Script = fn(&mut Peer);
 /// Bytes a client writes, and how many replies that earns it.
 type Sent = (Vec<u8>, usize);
 
+/// The bytes of one MAIL and one RCPT, then `$then`.
+macro_rules! envelope_then {
+    ($then:literal) => {
+        concat!("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n", $then).as_bytes()
+    };
+}
+
 /// `data` base64-encoded.
 fn b64e(data: &[u8]) -> String {
     use base64::Engine as _;
@@ -173,8 +180,7 @@ fn a_failed_upstream_starttls_is_never_followed_by_plaintext_auth_or_data() {
         client.send(b"EHLO victim.test\r\n");
         client.read_replies(2);
         let auth = format!("AUTH PLAIN {}\r\n", b64e(format!("\0user@x.test\0{PASSWORD}").as_bytes()));
-        let after =
-            [auth.as_bytes(), b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: x\r\n\r\n"].concat();
+        let after = [auth.as_bytes(), envelope_then!("DATA\r\nSubject: x\r\n\r\n")].concat();
         client.send(&[&b"STARTTLS\r\n"[..], &after].concat());
         let text = String::from_utf8_lossy(&read_until_eof(&mut client)).into_owned();
         let last = text.trim_end().lines().last().unwrap_or_default();
@@ -234,10 +240,7 @@ fn oversized_and_malformed_input_is_relayed_in_bounded_memory() {
     let cases: Vec<(&str, Vec<Sent>)> = vec![
         ("command line of 600 octets", vec![([b"NOOP ".as_slice(), &[b'z'; 595], b"\r\n"].concat(), 1)]),
         ("10 MiB line without CRLF until the end", vec![(ten_mib, 1)]),
-        (
-            "text line of 5,000 octets",
-            vec![(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec(), 3), (long_text, 1)],
-        ),
+        ("text line of 5,000 octets", vec![(envelope_then!("DATA\r\n").to_vec(), 3), (long_text, 1)]),
         ("reply of 5,000 lines", vec![(b"HELP\r\n".to_vec(), 1)]),
         ("NUL bytes", vec![(b"MAIL FROM:<a\0b@x.test>\r\n\0\0\0\r\n".to_vec(), 2)]),
         ("invalid UTF-8", vec![(b"EHLO \xc3\x28\xff\r\n".to_vec(), 1)]),
@@ -341,13 +344,13 @@ fn every_client_phase_has_a_deadline_and_the_421_names_it() {
     let cases: [(&str, Then, &str, &str); 5] = [
         (
             "stops mid-DATA",
-            Then::Stop(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: x\r\n\r\npart", 4),
+            Then::Stop(envelope_then!("DATA\r\nSubject: x\r\n\r\npart"), 4),
             "no data for 1 s",
             "nothing for 1 s, waiting for the client: message content (DATA)",
         ),
         (
             "stops mid-BDAT",
-            Then::Stop(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 100 LAST\r\n0123456789", 3),
+            Then::Stop(envelope_then!("BDAT 100 LAST\r\n0123456789"), 3),
             "no data for 1 s",
             "nothing for 1 s, waiting for the client: a BDAT chunk",
         ),
@@ -359,13 +362,13 @@ fn every_client_phase_has_a_deadline_and_the_421_names_it() {
         ),
         (
             "trickles DATA",
-            Then::Trickle(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n", 4),
+            Then::Trickle(envelope_then!("DATA\r\n"), 4),
             "message content too slow",
             "waiting for the client: message content (DATA)",
         ),
         (
             "trickles a BDAT chunk",
-            Then::Trickle(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 1000 LAST\r\n", 3),
+            Then::Trickle(envelope_then!("BDAT 1000 LAST\r\n"), 3),
             "message content too slow",
             "waiting for the client: a BDAT chunk",
         ),
