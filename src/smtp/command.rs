@@ -21,6 +21,17 @@ pub enum CommandKind {
     Other,
 }
 
+/// Verbs of SMTP and its extensions, upper-case as [`Command::verb`] has them.
+pub const KNOWN_VERBS: &[&str] = &[
+    "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS",
+    "AUTH", "ETRN", "ATRN",
+];
+
+/// Whether `verb` (upper-case) is one of [`KNOWN_VERBS`].
+pub fn is_known_verb(verb: &str) -> bool {
+    KNOWN_VERBS.contains(&verb)
+}
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {

@@ -9,7 +9,7 @@
 //! been seen. The relay does not wait for this; only around STARTTLS does the
 //! observer tell the relay to withhold bytes (see [`Actions`]).
 
-use super::command::{Command, CommandKind};
+use super::command::{Command, CommandKind, is_known_verb};
 use super::data::DotDecoder;
 use super::ehlo;
 use super::forward::Forward;
@@ -827,7 +827,7 @@ impl Observer {
         let command = Command::parse(line.text);
         let mut record = CommandRecord::from_line(Some(command.verb.clone()), line);
         if self.after_refused_auth {
-            self.after_refused_auth = !is_smtp_verb(&command.verb);
+            self.after_refused_auth = !is_known_verb(&command.verb);
             if self.after_refused_auth && self.redaction != Redaction::None {
                 record = CommandRecord::redacted(None, REDACTED.into());
             }
@@ -1016,15 +1016,6 @@ fn could_be_starttls(partial: &[u8]) -> bool {
     const WORD: &[u8] = b"STARTTLS";
     let n = partial.len().min(WORD.len());
     partial[..n].eq_ignore_ascii_case(&WORD[..n]) && partial[n..].iter().all(|&b| b == b' ' || b == b'\r')
-}
-
-/// Whether `verb` is a command of SMTP or its common extensions.
-fn is_smtp_verb(verb: &str) -> bool {
-    const VERBS: [&str; 15] = [
-        "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "AUTH",
-        "STARTTLS",
-    ];
-    VERBS.contains(&verb)
 }
 
 /// Milliseconds, to the microsecond.
