@@ -18,8 +18,7 @@ pub mod session;
 
 use crate::record::reader::Recording;
 use crate::tls::TlsMode;
-use crate::tls::ca::LocalCa;
-use crate::tls::config;
+use crate::tls::config::ServerCertificates;
 use script::Script;
 use std::io::Write;
 use std::path::PathBuf;
@@ -164,12 +163,9 @@ async fn prepare(args: &ServeArgs) -> Result<(Shared, TcpListener), String> {
 /// `--cert/--key`, or leaves from the local CA for the name the client asks
 /// for (SNI), else for the listening address (`localhost` when it is a wildcard).
 fn tls_config(args: &ServeArgs, listener: &TcpListener) -> Result<Arc<rustls::ServerConfig>, String> {
-    if let Some((cert, key)) = args.certs.fixed() {
-        return config::client_facing_fixed(cert, key).map_err(|e| e.to_string());
-    }
-    let ca = LocalCa::load_or_create_logged(&args.certs.ca_dir).map_err(|e| format!("local CA: {e}"))?;
+    let certificates = ServerCertificates::load(&args.certs.ca_dir, args.certs.fixed()).map_err(|e| e.to_string())?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
-    config::client_facing(Arc::new(ca), &config::listener_name(local, "localhost")).map_err(|e| e.to_string())
+    certificates.for_listener(local, "localhost").map_err(|e| e.to_string())
 }
 
 /// One line of output. A reader that went away does not stop serving.

@@ -8,10 +8,8 @@ use super::rules::Rules;
 use super::store::Store;
 use super::{ServerConfig, ServerTls};
 use crate::tls::TlsMode;
-use crate::tls::ca::{CaError, LocalCa};
-use crate::tls::config::{self, TlsConfigError};
+use crate::tls::config::{ServerCertificates, TlsConfigError};
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,8 +100,6 @@ enum SinkError {
     Listen { addr: String, source: io::Error },
     #[error("cannot save messages in {}: {source}; choose another --save-dir", dir.display())]
     SaveDir { dir: PathBuf, source: io::Error },
-    #[error("local CA: {0}")]
-    Ca(#[from] CaError),
     #[error("{0}")]
     Tls(#[from] TlsConfigError),
 }
@@ -131,7 +127,7 @@ async fn sink(args: SinkArgs) -> Result<(), SinkError> {
         let local = listener.local_addr().map_err(listen_error)?;
         let tls = match &certificates {
             Some(c) => Some(ServerTls {
-                acceptor: c.acceptor(local, &args.hostname)?,
+                acceptor: tokio_rustls::TlsAcceptor::from(c.for_listener(local, &args.hostname)?),
                 implicit: args.tls == TlsMode::Implicit,
             }),
             None => None,
@@ -175,34 +171,10 @@ fn server_config(args: &SinkArgs) -> Result<ServerConfig, SinkError> {
     })
 }
 
-/// Where the server's certificate comes from.
-enum Certificates {
-    /// `--cert/--key`.
-    Fixed(Arc<rustls::ServerConfig>),
-    /// Leaves from the local CA.
-    LocalCa(Arc<LocalCa>),
-}
-
 /// The certificates for `--tls starttls|implicit`; `None` with `--tls off`.
-fn certificates(args: &SinkArgs) -> Result<Option<Certificates>, SinkError> {
+fn certificates(args: &SinkArgs) -> Result<Option<ServerCertificates>, TlsConfigError> {
     if args.tls == TlsMode::Off {
         return Ok(None);
     }
-    if let Some((cert, key)) = args.certs.fixed() {
-        return Ok(Some(Certificates::Fixed(config::client_facing_fixed(cert, key)?)));
-    }
-    Ok(Some(Certificates::LocalCa(Arc::new(LocalCa::load_or_create_logged(&args.certs.ca_dir)?))))
-}
-
-impl Certificates {
-    /// The acceptor for a listener on `local`: a leaf for the name the client
-    /// asks for (SNI), else for the listening address, or `hostname` when
-    /// that is a wildcard.
-    fn acceptor(&self, local: SocketAddr, hostname: &str) -> Result<tokio_rustls::TlsAcceptor, TlsConfigError> {
-        let config = match self {
-            Certificates::Fixed(config) => config.clone(),
-            Certificates::LocalCa(ca) => config::client_facing(ca.clone(), &config::listener_name(local, hostname))?,
-        };
-        Ok(tokio_rustls::TlsAcceptor::from(config))
-    }
+    ServerCertificates::load(&args.certs.ca_dir, args.certs.fixed()).map(Some)
 }

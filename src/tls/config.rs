@@ -25,6 +25,8 @@ pub enum TlsConfigError {
     Rustls(#[from] rustls::Error),
     #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error("local CA: {0}")]
+    Ca(#[from] super::ca::CaError),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -48,6 +50,37 @@ impl ResolvesServerCert for LeafResolver {
                 tracing::error!(name, error = %e, "cannot issue a certificate");
                 None
             }
+        }
+    }
+}
+
+/// Where a server's certificate comes from (`serve`, `sink`): `--cert/--key`,
+/// or leaves from the local CA.
+pub enum ServerCertificates {
+    Fixed(Arc<rustls::ServerConfig>),
+    LocalCa(Arc<LocalCa>),
+}
+
+impl ServerCertificates {
+    /// `fixed` (certificate and key files) when given, else the CA in `ca_dir`
+    /// (created and announced on first use).
+    pub fn load(ca_dir: &Path, fixed: Option<(&PathBuf, &PathBuf)>) -> Result<ServerCertificates, TlsConfigError> {
+        Ok(match fixed {
+            Some((cert, key)) => ServerCertificates::Fixed(client_facing_fixed(cert, key)?),
+            None => ServerCertificates::LocalCa(Arc::new(LocalCa::load_or_create_logged(ca_dir)?)),
+        })
+    }
+
+    /// The configuration for a listener on `local`: a leaf for the name the
+    /// client asks for (SNI), else [`listener_name`]`(local, wildcard)`.
+    pub fn for_listener(
+        &self,
+        local: std::net::SocketAddr,
+        wildcard: &str,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+        match self {
+            ServerCertificates::Fixed(config) => Ok(config.clone()),
+            ServerCertificates::LocalCa(ca) => client_facing(ca.clone(), &listener_name(local, wildcard)),
         }
     }
 }
