@@ -278,8 +278,8 @@ pub struct Observer {
     seq: u64,
     counts: Counts,
     quit_accepted: bool,
-    /// The code of the server's greeting, once it came.
-    greeting_code: Option<u16>,
+    /// The server greeted with 220 (ready for service).
+    greeted: bool,
 }
 
 impl Observer {
@@ -317,7 +317,7 @@ impl Observer {
             seq: 0,
             counts: Counts::default(),
             quit_accepted: false,
-            greeting_code: None,
+            greeted: false,
         }
     }
 
@@ -327,7 +327,7 @@ impl Observer {
 
     /// True once the server greeted with 220 (ready for service).
     pub fn greeted(&self) -> bool {
-        self.greeting_code == Some(220)
+        self.greeted
     }
 
     /// True once the server accepted the client's QUIT.
@@ -966,7 +966,7 @@ impl Observer {
             }
             Awaited::Command(CommandKind::StartTls) if pending.by_proxy => actions.refused = Some(reply.clone()),
             Awaited::Command(CommandKind::Quit) if reply.is_positive() => self.quit_accepted = true,
-            Awaited::Greeting => self.greeting_code = Some(code),
+            Awaited::Greeting => self.greeted = code == 220,
             _ => {}
         }
         self.emit(pending, Some(&reply), now, out);
