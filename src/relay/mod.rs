@@ -284,7 +284,7 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// The host part of `HOST:PORT` or `[V6]:PORT`.
-fn host_of(addr: &str) -> Option<&str> {
+pub fn host_of(addr: &str) -> Option<&str> {
     let (host, port) = addr.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);

@@ -212,12 +212,9 @@ fn credentials(args: &ReplayArgs) -> Result<Credentials, String> {
 
 /// The host part of `HOST:PORT` (brackets of an IPv6 address removed).
 fn target_host(target: &str) -> Result<String, String> {
-    match target.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            Ok(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-        }
-        _ => Err(format!("--target {target}: expected HOST:PORT, e.g. mail.example.com:587")),
-    }
+    crate::relay::host_of(target)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("--target {target}: expected HOST:PORT, e.g. mail.example.com:587"))
 }
 
 /// The name sent as SNI and verified: the target's host name; for a target
