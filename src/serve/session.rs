@@ -24,18 +24,12 @@
 //! its last EHLO, which the client repeats inside TLS.
 
 use super::script::{Expect, Script, is_hello, shown};
-use crate::smtp::command::{Command, CommandKind};
+use crate::smtp::command::{Command, CommandKind, is_known_verb};
 use crate::smtp::data::DotDecoder;
 use crate::smtp::ehlo::with_starttls;
 use crate::smtp::line::LineAssembler;
 use std::fmt;
 use std::sync::Arc;
-
-/// Verbs of SMTP and its extensions; others are answered `500`.
-const KNOWN_VERBS: &[&str] = &[
-    "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS",
-    "AUTH", "ETRN", "ATRN",
-];
 
 /// What the connection does after some input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +324,7 @@ fn refusal(verb: &str, expected: &Expect) -> Vec<u8> {
         Expect::SaslResponse => "an AUTH response",
         Expect::Message => "message content",
     };
-    let status = if verb.is_empty() || KNOWN_VERBS.contains(&verb) {
+    let status = if verb.is_empty() || is_known_verb(verb) {
         "503 5.5.1 Bad sequence of commands"
     } else {
         "500 5.5.2 Command not recognized"
