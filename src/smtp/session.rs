@@ -1602,44 +1602,33 @@ mod tests {
     }
 
     /// SASL responses a client sent ahead of a challenge that never came
-    /// (the server refused the AUTH) are recorded redacted, not as commands;
+    /// (the server refused the AUTH) are recorded redacted, not as commands,
+    /// whether they reached the proxy before the refusal (held) or after it;
     /// the first real command after them is recorded as usual.
     #[test]
     fn responses_sent_ahead_of_a_refused_auth_are_redacted() {
-        let steps = [
+        let held: &[Step] = &[
             S(b"220 mx\r\n"),
             C(b"AUTH LOGIN\r\ndXNlckB4LnRlc3Q=\r\nUzNjcjN0LXBhc3M=\r\nNOOP\r\n"),
             S(b"504 5.5.4 no LOGIN\r\n500 what\r\n500 what\r\n250 ok\r\n"),
         ];
-        let out = observe(&steps, &[]);
-        assert_eq!(verbs(&out), [v("", 220), v("AUTH", 504), (None, Some(500)), (None, Some(500)), v("NOOP", 250)]);
-        let lines: Vec<&str> = out.exchanges[2..].iter().map(|e| e.command.as_ref().unwrap().line.as_str()).collect();
-        assert_eq!(lines, ["<redacted>", "<redacted>", "NOOP"]);
-        let json = serde_json::to_string(&out.exchanges).unwrap();
-        for form in leak_forms("S3cr3t-pass") {
-            assert!(!json.contains(&form), "{form} leaked: {json}");
-        }
-    }
-
-    /// SASL responses a client sent without waiting for a challenge may reach
-    /// the proxy only after the server refused the AUTH: they are redacted
-    /// all the same, and the first real command after them is recorded.
-    #[test]
-    fn responses_arriving_after_a_refused_auth_are_redacted() {
-        let steps = [
+        let after: &[Step] = &[
             S(b"220 mx\r\n"),
             C(b"AUTH LOGIN\r\n"),
             S(b"504 5.5.4 no LOGIN\r\n"),
             C(b"dXNlckB4LnRlc3Q=\r\nUzNjcjN0LXBhc3M=\r\nNOOP\r\n"),
             S(b"500 what\r\n500 what\r\n250 ok\r\n"),
         ];
-        let out = observe(&steps, &[]);
-        assert_eq!(verbs(&out), [v("", 220), v("AUTH", 504), (None, Some(500)), (None, Some(500)), v("NOOP", 250)]);
-        let lines: Vec<&str> = out.exchanges[2..].iter().map(|e| e.command.as_ref().unwrap().line.as_str()).collect();
-        assert_eq!(lines, ["<redacted>", "<redacted>", "NOOP"]);
-        let json = serde_json::to_string(&out.exchanges).unwrap();
-        for form in leak_forms("S3cr3t-pass") {
-            assert!(!json.contains(&form), "{form} leaked: {json}");
+        for steps in [held, after] {
+            let out = observe(steps, &[]);
+            assert_eq!(verbs(&out), [v("", 220), v("AUTH", 504), (None, Some(500)), (None, Some(500)), v("NOOP", 250)]);
+            let lines: Vec<&str> =
+                out.exchanges[2..].iter().map(|e| e.command.as_ref().unwrap().line.as_str()).collect();
+            assert_eq!(lines, ["<redacted>", "<redacted>", "NOOP"]);
+            let json = serde_json::to_string(&out.exchanges).unwrap();
+            for form in leak_forms("S3cr3t-pass") {
+                assert!(!json.contains(&form), "{form} leaked: {json}");
+            }
         }
     }
 
