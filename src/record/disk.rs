@@ -259,6 +259,9 @@ impl OpenRecording {
                         }
                     }
                     spool => {
+                        // Room for the escaped (or base64) body: one allocation, not a series.
+                        let body = spool.as_ref().map_or(0, |s| s.len() as usize);
+                        self.out.reserve(head.len() + body + body / 3 + 64);
                         self.out.extend_from_slice(&head);
                         body_and_end(&mut self.out, spool)
                     }

@@ -20,10 +20,21 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
-/// The file name of a session: `<UTC start>-<id>.jsonl`.
-pub fn file_name(started: chrono::DateTime<chrono::Utc>, id: &str) -> String {
-    format!("{}-{id}.jsonl", started.format("%Y%m%dT%H%M%SZ"))
+/// The file name of a session, `<UTC start, YYYYMMDDTHHMMSSZ>-<id>.jsonl`,
+/// from its `started` time as the record has it (RFC 3339, UTC).
+pub fn file_name(started: &str, id: &str) -> String {
+    let seconds = started.split(['.', 'Z']).next().unwrap_or(started);
+    let mut name = String::with_capacity(seconds.len() + id.len() + 8);
+    name.extend(seconds.chars().filter(|c| !matches!(c, '-' | ':')));
+    name.push_str("Z-");
+    name.push_str(id);
+    name.push_str(".jsonl");
+    name
 }
+
+/// The most formatting buffer a session keeps between reads (a few records'
+/// worth), so that an idle session holds little memory.
+const KEPT_CAPACITY: usize = 4096;
 
 /// One session's recording, as the relay sees it. Dropping it closes the file.
 pub struct SessionRecorder {
@@ -39,12 +50,12 @@ impl SessionRecorder {
     /// Asks for `<dir>/<name>` (0600, never an existing file) and queues the
     /// `session` line. A file that cannot be made is logged by the thread;
     /// the session is relayed all the same.
-    pub fn create(queue: &RecordQueue, dir: &Path, info: &SessionInfo, keep_bodies: bool) -> SessionRecorder {
-        let path = dir.join(file_name_for(info));
+    pub fn create(queue: &RecordQueue, dir: &Path, info: SessionInfo, keep_bodies: bool) -> SessionRecorder {
+        let path = dir.join(file_name(&info.started, &info.id));
         let session = queue.new_session();
         queue.send(Job::Open { session, id: info.id.clone(), path: path.clone(), dir: dir.to_owned() });
         let mut recorder = SessionRecorder { queue: queue.clone(), session, path, keep_bodies, lines: Vec::new() };
-        recorder.write_record(&Record::Session(info.clone()));
+        recorder.write_record(&Record::Session(info));
         recorder.flush();
         recorder
     }
@@ -62,11 +73,16 @@ impl SessionRecorder {
         self.write_record(record);
     }
 
-    /// Hands the lines gathered so far to the recorder thread.
+    /// Hands the lines gathered so far to the recorder thread, as a copy of
+    /// exactly their size: `lines` keeps its capacity, so formatting the next
+    /// records does not grow a buffer from nothing again.
     pub fn flush(&mut self) {
         if !self.lines.is_empty() {
-            let bytes = std::mem::take(&mut self.lines);
-            self.queue.send(Job::Lines { session: self.session, bytes });
+            self.queue.send(Job::Lines { session: self.session, bytes: self.lines.clone() });
+            self.lines.clear();
+            if self.lines.capacity() > KEPT_CAPACITY {
+                self.lines.shrink_to(KEPT_CAPACITY);
+            }
         }
     }
 
@@ -96,13 +112,6 @@ impl Drop for SessionRecorder {
     fn drop(&mut self) {
         self.send_in_order(Job::Close { session: self.session });
     }
-}
-
-fn file_name_for(info: &SessionInfo) -> String {
-    let started = chrono::DateTime::parse_from_rfc3339(&info.started)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .unwrap_or_else(|_| chrono::Utc::now());
-    file_name(started, &info.id)
 }
 
 impl Output for SessionRecorder {
@@ -141,5 +150,14 @@ impl Output for SessionRecorder {
         use base64::Engine as _;
         let data_base64 = data.map(|d| base64::engine::general_purpose::STANDARD.encode(d));
         self.write_record(&Record::Note(Note { t, kind: Some(kind), text, data_base64 }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_names_carry_the_start_to_the_second() {
+        assert_eq!(super::file_name("2026-11-28T19:36:24.123456Z", "k3x9"), "20261128T193624Z-k3x9.jsonl");
+        assert_eq!(super::file_name("0999-01-02T03:04:05Z", "a1"), "09990102T030405Z-a1.jsonl");
     }
 }

@@ -93,7 +93,7 @@ pub(super) async fn handle(
         redact: Some(shared.config.redaction),
     };
     let recorder =
-        SessionRecorder::create(&shared.recorder, &shared.config.record_dir, &info, shared.config.keep_bodies);
+        SessionRecorder::create(&shared.recorder, &shared.config.record_dir, info, shared.config.keep_bodies);
     let mut session = Session {
         id,
         peer,
