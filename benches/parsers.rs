@@ -1,12 +1,15 @@
 //! Hot paths of the observer: reply and command parsing, DATA end-of-data
 //! scanning (against a plain memchr pass, its physical limit), the whole
-//! observer over a pipelined session, and JSON record writing.
+//! observer over a pipelined session, JSON record writing, and what
+//! recording a 100 KiB body costs at the least (its SHA-256 and its JSON
+//! string), against which the relay's per-message budget is measured.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use smtptap::auth::{FingerprintKey, Redaction};
 use smtptap::record::format::{Exchange, NoteKind, Record, ReplyRecord};
 use smtptap::smtp::command::Command;
 use smtptap::smtp::data::{DotDecoder, dot_stuff};
+use smtptap::smtp::message::MessageDigest;
 use smtptap::smtp::reply::ReplyParser;
 use smtptap::smtp::session::{Clock, Observer, ObserverConfig, Output, StartTlsPolicy};
 use std::hint::black_box;
@@ -149,5 +152,33 @@ fn records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, replies, commands, data, observer, records);
+/// The work every recorded body needs however it is written: its digest
+/// (the record's `sha256`), and escaping it into the record's JSON string.
+fn bodies(c: &mut Criterion) {
+    let line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod t\r\n";
+    let header = "From: a@x.test\r\nTo: b@y.test\r\nSubject: s\r\n\r\n";
+    let body: String = header.chars().chain(line.chars().cycle()).take(100 * 1024).collect();
+    let mut g = c.benchmark_group("body_100k");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("sha256_digest", |b| {
+        b.iter(|| {
+            let mut digest = MessageDigest::default();
+            for chunk in body.as_bytes().chunks(16 * 1024) {
+                digest.update(chunk);
+            }
+            black_box(digest.finish(true))
+        })
+    });
+    g.bench_function("json_string", |b| {
+        let mut out = Vec::with_capacity(body.len() * 2);
+        b.iter(|| {
+            out.clear();
+            serde_json::to_writer(&mut out, black_box(body.as_str())).unwrap();
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, replies, commands, data, observer, records, bodies);
 criterion_main!(benches);
