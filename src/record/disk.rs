@@ -239,7 +239,7 @@ impl OpenRecording {
                     self.write_out();
                 }
                 if let Some(spool) = self.spools.back_mut() {
-                    let result = spool.push(&bytes, &self.dir);
+                    let result = spool.push(bytes, &self.dir);
                     self.fail_on(result);
                 }
             }

@@ -3,6 +3,7 @@
 
 pub mod disk;
 pub mod format;
+pub mod json_text;
 pub mod reader;
 mod spool;
 pub mod writer;

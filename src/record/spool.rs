@@ -2,9 +2,10 @@
 //! small, in an unlinked temporary file beside the recordings when large, so
 //! the proxy's memory does not grow with message size.
 
+use super::json_text;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Content kept in memory up to this size; beyond it, on disk.
@@ -25,11 +26,17 @@ impl Spool {
         Spool { len: 0, memory: Vec::new(), file: None, utf8: Utf8Check::default() }
     }
 
-    pub fn push(&mut self, chunk: &[u8], dir: &Path) -> io::Result<()> {
+    /// Adds the next piece of content. The first piece is kept as it is, not copied.
+    pub fn push(&mut self, chunk: Vec<u8>, dir: &Path) -> io::Result<()> {
+        let spills = self.spills_with(chunk.len());
         self.len += chunk.len() as u64;
-        self.utf8.update(chunk);
-        if !self.spills_with(chunk.len()) && self.file.is_none() {
-            self.memory.extend_from_slice(chunk);
+        self.utf8.update(&chunk);
+        if self.file.is_none() && !spills {
+            if self.memory.is_empty() {
+                self.memory = chunk;
+            } else {
+                self.memory.extend_from_slice(&chunk);
+            }
             return Ok(());
         }
         let file = match &mut self.file {
@@ -41,7 +48,7 @@ impl Spool {
                 self.file.insert(f)
             }
         };
-        file.write_all(chunk)
+        file.write_all(&chunk)
     }
 
     /// Whether pushing `more` bytes moves the content from memory to a file.
@@ -60,18 +67,13 @@ impl Spool {
         let utf8 = self.utf8.is_valid();
         out.write_all(if utf8 { br#"{"encoding":"utf8","data":"# } else { br#"{"encoding":"base64","data":"# })?;
         match (&mut self.file, utf8) {
-            (None, true) => {
-                let text = std::str::from_utf8(&self.memory).map_err(io::Error::other)?;
-                serde_json::to_writer(&mut *out, text)?;
-            }
+            (None, true) => write_json_string(&mut &self.memory[..], out)?,
             (None, false) => write_base64(&mut &self.memory[..], out)?,
             (Some(file), utf8) => {
                 file.seek(SeekFrom::Start(0))?;
                 let mut reader = io::BufReader::with_capacity(BLOCK, file);
                 if utf8 {
-                    out.write_all(b"\"")?;
-                    write_json_string_contents(&mut reader, out)?;
-                    out.write_all(b"\"")?;
+                    write_json_string(&mut reader, out)?;
                 } else {
                     write_base64(&mut reader, out)?;
                 }
@@ -92,31 +94,20 @@ fn write_base64(reader: &mut impl Read, out: &mut impl Write) -> io::Result<()> 
     out.write_all(b"\"")
 }
 
-/// Streams valid UTF-8 from `reader` as the escaped contents of a JSON string.
-fn write_json_string_contents(reader: &mut impl Read, out: &mut impl Write) -> io::Result<()> {
-    let mut block = vec![0u8; BLOCK];
-    let mut carry = 0; // bytes of a split character kept at the front of `block`
-    let mut escaped = Vec::with_capacity(BLOCK + BLOCK / 8);
+/// Streams text known to be UTF-8 from `reader` as a JSON string. Escaping
+/// works on bytes, so blocks may split characters anywhere.
+fn write_json_string(reader: &mut impl BufRead, out: &mut impl Write) -> io::Result<()> {
+    out.write_all(b"\"")?;
     loop {
-        let n = reader.read(&mut block[carry..])?;
-        let filled = carry + n;
-        let valid = match std::str::from_utf8(&block[..filled]) {
-            Ok(s) => s.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        if n == 0 && valid < filled {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "spooled body is not UTF-8"));
+        let block = reader.fill_buf()?;
+        if block.is_empty() {
+            break;
         }
-        let text = std::str::from_utf8(&block[..valid]).map_err(io::Error::other)?;
-        escaped.clear();
-        serde_json::to_writer(&mut escaped, text)?;
-        out.write_all(&escaped[1..escaped.len() - 1])?;
-        block.copy_within(valid..filled, 0);
-        carry = filled - valid;
-        if n == 0 {
-            return Ok(());
-        }
+        json_text::write_escaped(block, out)?;
+        let n = block.len();
+        reader.consume(n);
     }
+    out.write_all(b"\"")
 }
 
 /// Incremental UTF-8 validation over arbitrary chunk splits.
@@ -173,7 +164,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::new();
         for p in parts {
-            spool.push(p, dir.path()).unwrap();
+            spool.push(p.to_vec(), dir.path()).unwrap();
         }
         let mut out = Vec::new();
         spool.write_json_body(&mut out).unwrap();
