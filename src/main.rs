@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("smtptap: cannot start the async runtime: {e}");
@@ -59,6 +59,18 @@ fn main() -> ExitCode {
             eprintln!("smtptap: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The async runtime. `replay` runs on one thread, as a load generator
+/// should: measured against smtp-source (scripts/bench-replay) it made more
+/// sessions/s with less CPU than on the multi-threaded runtime, whose
+/// cross-thread wake-ups cost more than a second core gains a client. The
+/// proxy and the servers use every core.
+fn runtime_for(command: &Cmd) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Cmd::Replay(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Runtime::new(),
     }
 }
 
