@@ -5,7 +5,7 @@ use super::session::{End, Flow, ServeSession};
 use super::{Served, Shared, out};
 use crate::tls::TlsMode;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Serves connection `number` to its end; prints its summary line.
@@ -87,12 +87,8 @@ impl Connection {
         loop {
             stream.write_all(&reply).await.map_err(failed)?;
             reply.clear();
-            let n = match tokio::time::timeout(self.idle, stream.read(&mut buf)).await {
-                Ok(read) => read.map_err(failed)?,
-                Err(_) => {
-                    let _ = stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await;
-                    return Err(End::Timeout);
-                }
+            let Some(n) = crate::server::read_before_idle(stream, &mut buf, self.idle).await.map_err(failed)? else {
+                return Err(End::Timeout);
             };
             if n == 0 {
                 return Err(End::Closed);

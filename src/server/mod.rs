@@ -119,6 +119,23 @@ pub async fn run_connection(mut stream: TcpStream, config: &ServerConfig, tls: O
     }
 }
 
+/// Reads what the client sends next; `None` when it stayed silent for
+/// `idle`, after telling it `421` (a server's idle timeout, RFC 5321 4.5.3.2).
+pub(crate) async fn read_before_idle<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    idle: Duration,
+) -> io::Result<Option<usize>> {
+    match tokio::time::timeout(idle, stream.read(buf)).await {
+        Ok(read) => read.map(Some),
+        Err(_) => {
+            // The session ends either way: a client that cannot take the 421 changes nothing.
+            let _ = stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await;
+            Ok(None)
+        }
+    }
+}
+
 /// Exchanges SMTP until the session closes or switches to TLS.
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -132,12 +149,8 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match tokio::time::timeout(session.idle_timeout(), stream.read(&mut buf)).await {
-            Ok(n) => n?,
-            Err(_) => {
-                stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await?;
-                return Ok(Flow::Close);
-            }
+        let Some(n) = read_before_idle(stream, &mut buf, session.idle_timeout()).await? else {
+            return Ok(Flow::Close);
         };
         if n == 0 {
             return Ok(Flow::Close);
@@ -155,5 +168,26 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Flow::StartTls => return Ok(Flow::StartTls),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_before_idle;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_silent_client_is_told_421_and_a_talking_one_is_read() {
+        let (mut server, mut client) = tokio::io::duplex(1024);
+        let mut buf = [0u8; 64];
+        assert_eq!(read_before_idle(&mut server, &mut buf, Duration::from_millis(20)).await.unwrap(), None);
+        let mut told = vec![0u8; 64];
+        let n = client.read(&mut told).await.unwrap();
+        assert_eq!(&told[..n], b"421 4.4.2 Idle timeout, closing connection\r\n");
+
+        client.write_all(b"NOOP\r\n").await.unwrap();
+        assert_eq!(read_before_idle(&mut server, &mut buf, Duration::from_secs(5)).await.unwrap(), Some(6));
+        assert_eq!(&buf[..6], b"NOOP\r\n");
     }
 }
