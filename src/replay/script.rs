@@ -117,7 +117,9 @@ impl Script {
 
     /// Whether replaying needs TLS.
     pub fn uses_tls(&self) -> bool {
-        self.implicit_tls || self.own_starttls.is_some() || self.groups.iter().any(|g| g.starttls == Some(true))
+        self.implicit_tls
+            || self.own_starttls.is_some()
+            || self.groups.iter().any(|g| g.starttls == Some(RecordedStartTls::Upgraded))
     }
 }
 
@@ -131,10 +133,18 @@ pub struct Group {
     pub expects: Vec<Expected>,
     /// Message content after `DATA`: only sent when `DATA` got `354`.
     pub after_data: bool,
-    /// The group ends with STARTTLS: `Some(true)` when the recording upgraded
-    /// after it (the replay does on `220`), `Some(false)` when it was refused
-    /// (a `220` now ends the replay: the rest was recorded in plaintext).
-    pub starttls: Option<bool>,
+    /// The group ends with STARTTLS, and this is how it went when recorded.
+    pub starttls: Option<RecordedStartTls>,
+}
+
+/// How a STARTTLS went in the recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordedStartTls {
+    /// The session upgraded after it: the replay does too, on `220`.
+    Upgraded,
+    /// The server refused it: a `220` now ends the replay, since what
+    /// followed was recorded in plaintext.
+    Refused,
 }
 
 /// Message content and AUTH lines may hold what must not be printed.
@@ -285,7 +295,8 @@ pub fn build_from(exchanges: &[&Exchange], facts: &Facts, plan: &Plan) -> Result
         group.cram_md5 = cram_md5;
         group.expects.push(expected(e, label(command), if verb.is_empty() { "AUTH" } else { verb }));
         if is_starttls {
-            group.starttls = Some(upgraded_after(e));
+            group.starttls =
+                Some(if upgraded_after(e) { RecordedStartTls::Upgraded } else { RecordedStartTls::Refused });
         }
         if verb == "BDAT" {
             let CommandKind::Bdat { size, last } = Command::parse(command.line.as_bytes()).kind else {

@@ -5,7 +5,7 @@
 use super::client::{Client, ClientError, TlsTarget};
 use super::compare::{self, MatchMode};
 use super::report::{Difference, Outcome, Tally};
-use super::script::{Expected, Script};
+use super::script::{Expected, RecordedStartTls, Script};
 use super::stats::Latencies;
 use crate::record::format::ReplyRecord;
 use crate::smtp::reply::Reply;
@@ -132,16 +132,16 @@ impl Session<'_> {
                 self.abort(group.expects[j + 1..].iter().chain(after()), &e);
                 break;
             }
-            if let Some(upgrade) = group.starttls {
-                let why = match (upgrade, code(&last)) {
-                    (true, 220) => client.start_tls(self.tls()).await.err(),
-                    (true, c) => Some(format!(
+            if let Some(recorded) = group.starttls {
+                let why = match (recorded, code(&last)) {
+                    (RecordedStartTls::Upgraded, 220) => client.start_tls(self.tls()).await.err(),
+                    (RecordedStartTls::Upgraded, c) => Some(format!(
                         "nothing: STARTTLS was answered {c}; what followed was recorded inside TLS and is not sent in plaintext"
                     )),
-                    (false, 220) => Some(
+                    (RecordedStartTls::Refused, 220) => Some(
                         "nothing: the target accepted STARTTLS, which the recorded server refused; what followed was recorded in plaintext".into(),
                     ),
-                    (false, _) => None,
+                    (RecordedStartTls::Refused, _) => None,
                 };
                 if let Some(why) = why {
                     self.abort(after(), &why);

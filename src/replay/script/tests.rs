@@ -167,7 +167,7 @@ fn the_proxys_own_upgrade_is_replayed_and_its_own_answers_are_not() {
     let exchanges = [exchange(0, None, false, 220), proxy_ehlo, proxy_starttls, client_ehlo];
     let script = build_all(&exchanges).unwrap();
     assert_eq!(sent(&script), ["EHLO smtptap\r\n", "STARTTLS\r\n", "EHLO c.test\r\n"]);
-    assert_eq!(script.groups[1].starttls, Some(true));
+    assert_eq!(script.groups[1].starttls, Some(RecordedStartTls::Upgraded));
     assert!(script.uses_tls() && !script.implicit_tls && script.own_starttls.is_none());
 
     let mut local_starttls = exchange(3, Some("STARTTLS"), false, 220);
@@ -274,7 +274,10 @@ fn tls_as_recorded_or_as_asked() {
     let exchanges = [exchange(1, Some("EHLO c"), false, 250), exchange(2, Some("STARTTLS"), false, 220), after];
     let script = build_all(&exchanges).unwrap();
     assert_eq!(sent(&script), ["EHLO c\r\n", "STARTTLS\r\n", "EHLO c\r\n"]);
-    assert_eq!(script.groups.iter().map(|g| g.starttls).collect::<Vec<_>>(), [None, Some(true), None]);
+    assert_eq!(
+        script.groups.iter().map(|g| g.starttls).collect::<Vec<_>>(),
+        [None, Some(RecordedStartTls::Upgraded), None]
+    );
     assert_eq!(build_with(&exchanges, &plan(TlsPlan::Starttls)).unwrap(), script);
 
     for tls in [TlsPlan::Off, TlsPlan::Implicit] {
@@ -298,7 +301,7 @@ fn tls_as_recorded_or_as_asked() {
 fn refused_starttls_is_replayed() {
     let script = build_all(&[exchange(2, Some("STARTTLS"), false, 454)]).unwrap();
     assert_eq!(sent(&script), ["STARTTLS\r\n"]);
-    assert_eq!(script.groups[0].starttls, Some(false));
+    assert_eq!(script.groups[0].starttls, Some(RecordedStartTls::Refused));
 }
 
 #[test]
