@@ -67,7 +67,10 @@ impl Spool {
         let utf8 = self.utf8.is_valid();
         out.write_all(if utf8 { br#"{"encoding":"utf8","data":"# } else { br#"{"encoding":"base64","data":"# })?;
         match (&mut self.file, utf8) {
-            (None, true) => write_json_string(&mut &self.memory[..], out)?,
+            (None, true) => {
+                debug_assert!(std::str::from_utf8(&self.memory).is_ok(), "escaped as UTF-8 only when it is");
+                write_json_string(&mut &self.memory[..], out)?;
+            }
             (None, false) => write_base64(&mut &self.memory[..], out)?,
             (Some(file), utf8) => {
                 file.seek(SeekFrom::Start(0))?;

@@ -23,6 +23,7 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 /// The file name of a session, `<UTC start, YYYYMMDDTHHMMSSZ>-<id>.jsonl`,
 /// from its `started` time as the record has it (RFC 3339, UTC).
 pub fn file_name(started: &str, id: &str) -> String {
+    debug_assert!(started.ends_with('Z'), "UTC, as format_time writes it: {started}");
     let seconds = started.split(['.', 'Z']).next().unwrap_or(started);
     let mut name = String::with_capacity(seconds.len() + id.len() + 8);
     name.extend(seconds.chars().filter(|c| !matches!(c, '-' | ':')));
