@@ -99,6 +99,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn word_test_agrees_for_every_pair_of_bytes() {
+        // Borrows run from low lanes to high: pairs at the ends and in the middle.
+        for (p, q) in [(0, 7), (3, 4), (6, 7)] {
+            for a in 0..=u8::MAX {
+                for b in 0..=u8::MAX {
+                    let mut word = *b"abcdefgh";
+                    (word[p], word[q]) = (a, b);
+                    let want = needs_escape(a) || needs_escape(b);
+                    assert_eq!(any_special(u64::from_le_bytes(word)), want, "{a:#04x} at {p}, {b:#04x} at {q}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn matches_serde_json_split_anywhere(text in "(?s).{0,200}", split in 0usize..200) {
