@@ -169,10 +169,14 @@ pub fn read_dir_sessions(dir: &Path) -> Vec<Vec<Value>> {
     sessions
 }
 
-/// Parses every complete line of a recording; panics on a line that is not JSON.
+/// Parses every complete line of a recording; panics on a line that is not
+/// JSON. A last line without its newline is still being written (a long
+/// body goes out in several writes) and is left out.
 pub fn read_records(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("read recording");
-    text.lines()
+    let whole = text.rfind('\n').map_or("", |end| &text[..=end]);
+    whole
+        .lines()
         .enumerate()
         .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1)))
         .collect()
