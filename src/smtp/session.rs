@@ -551,12 +551,12 @@ impl Observer {
         if !self.lines.is_idle() {
             let partial = self.lines.partial();
             let command = Command::parse(partial.text);
-            let secret = matches!(self.mode, Mode::SaslResponse) || matches!(command.kind, CommandKind::Auth { .. });
+            // As for whole lines: a SASL response, or what may be one after a refused AUTH.
+            let response =
+                matches!(self.mode, Mode::SaslResponse) || (self.after_refused_auth && !is_known_verb(&command.verb));
+            let secret = response || matches!(command.kind, CommandKind::Auth { .. });
             let mut record = if secret && self.redaction != Redaction::None {
-                CommandRecord::redacted(
-                    Some(command.verb).filter(|_| !matches!(self.mode, Mode::SaslResponse)),
-                    REDACTED.into(),
-                )
+                CommandRecord::redacted(Some(command.verb).filter(|_| !response), REDACTED.into())
             } else {
                 CommandRecord::from_line(Some(command.verb), partial)
             };
@@ -1629,6 +1629,22 @@ mod tests {
             for form in leak_forms("S3cr3t-pass") {
                 assert!(!json.contains(&form), "{form} leaked: {json}");
             }
+        }
+    }
+
+    /// An unfinished line the session ends on is redacted as a whole one
+    /// would be: here a SASL response to an AUTH the server refused.
+    #[test]
+    fn an_unfinished_response_after_a_refused_auth_is_redacted() {
+        let out = observe(
+            &[S(b"220 mx\r\n"), C(b"AUTH PLAIN\r\n"), S(b"504 5.5.4 no\r\n"), C(b"AHVzZXIAUzNjcjN0LXBhc3M=")],
+            &[],
+        );
+        let last = out.exchanges.last().unwrap().command.as_ref().unwrap();
+        assert!(last.incomplete && last.verb.is_none() && last.line == "<redacted>", "{last:?}");
+        let json = serde_json::to_string(&out.exchanges).unwrap();
+        for form in leak_forms("S3cr3t-pass") {
+            assert!(!json.contains(&form), "{form} leaked: {json}");
         }
     }
 
