@@ -249,6 +249,10 @@ pub struct Observer {
     after_refused_auth: bool,
     /// The AUTH mechanisms the server's last EHLO reply offered.
     offered_auth: Vec<String>,
+    /// True while held client bytes are read again: all of them were sent
+    /// before the reply that released them, so each command in them was
+    /// pipelined, though nothing may be outstanding now.
+    releasing_held: bool,
     lines: LineAssembler,
     mode: Mode,
     replies: ReplyParser,
@@ -297,6 +301,7 @@ impl Observer {
             sasl: None,
             after_refused_auth: false,
             offered_auth: Vec::new(),
+            releasing_held: false,
             lines: LineAssembler::default(),
             mode: Mode::Commands,
             replies: ReplyParser::default(),
@@ -748,7 +753,9 @@ impl Observer {
         let held = std::mem::take(&mut self.held);
         let since = self.held_since.take().unwrap_or(now);
         let mut forward = Forward::new(&held);
+        self.releasing_held = true;
         self.client_input(since, &held, &mut forward, actions, out);
+        self.releasing_held = false;
         if was_withheld {
             actions.to_upstream.to_mut().extend_from_slice(&forward.finish());
         }
@@ -805,10 +812,16 @@ impl Observer {
         self.emit(p, None, now, out);
     }
 
+    /// Whether the client line being framed was sent before the replies to
+    /// what came before it.
+    fn sent_pipelined(&self) -> bool {
+        self.releasing_held || !self.pending.is_empty()
+    }
+
     /// A complete client line in command or SASL mode.
     fn on_line(&mut self, now: Instant, out: &mut impl Output) {
         let mut pending = Pending::new(Awaited::SaslResponse, now);
-        pending.pipelined = !self.pending.is_empty();
+        pending.pipelined = self.sent_pipelined();
         pending.tls = self.client_tls;
         if matches!(self.mode, Mode::SaslResponse) {
             self.mode = Mode::Commands;
@@ -895,7 +908,7 @@ impl Observer {
     fn intercept_starttls(&mut self, now: Instant, actions: &mut Actions<'_>, out: &mut impl Output) {
         let line = self.lines.line();
         let mut pending = Pending::new(Awaited::LocalStartTls, now);
-        pending.pipelined = !self.pending.is_empty();
+        pending.pipelined = self.sent_pipelined();
         pending.command = Some(CommandRecord::from_line(Some(Command::parse(line.text).verb), line));
         pending.tls = self.client_tls;
         self.pending.push_back(pending);
@@ -1628,6 +1641,25 @@ mod tests {
             let json = serde_json::to_string(&out.exchanges).unwrap();
             for form in leak_forms("S3cr3t-pass") {
                 assert!(!json.contains(&form), "{form} leaked: {json}");
+            }
+        }
+    }
+
+    /// Commands held behind AUTH or DATA were sent without waiting, so they
+    /// are recorded as pipelined even when their release leaves nothing
+    /// outstanding.
+    #[test]
+    fn commands_held_behind_a_blocking_command_are_pipelined() {
+        let behind_auth: &[Step] =
+            &[S(b"220 mx\r\n"), C(b"AUTH PLAIN AHVzZXIAcGFzcw==\r\nMAIL FROM:<a@b>\r\n"), S(b"235 ok\r\n250 ok\r\n")];
+        let behind_data: &[Step] =
+            &[S(b"220 mx\r\n"), C(b"MAIL FROM:<a@b>\r\nDATA\r\nQUIT\r\n"), S(b"250 ok\r\n554 no\r\n221 bye\r\n")];
+        let (t, f) = (Some(true), Some(false));
+        for (steps, want) in [(behind_auth, vec![f, t]), (behind_data, vec![f, t, t])] {
+            for cut in 0..50 {
+                let out = observe(steps, &[0, cut]);
+                let pipelined: Vec<Option<bool>> = out.exchanges[1..].iter().map(|e| e.pipelined).collect();
+                assert_eq!(pipelined, want, "cut {cut}: {:?}", verbs(&out));
             }
         }
     }
