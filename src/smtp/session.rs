@@ -183,6 +183,19 @@ pub struct Actions<'a> {
     pub refused: Option<Reply>,
 }
 
+/// Whether held client bytes are being read again, once the reply they
+/// waited for is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rereading {
+    /// No: these bytes just arrived.
+    No,
+    /// Yes, and they were withheld: whether to relay them is decided now.
+    Withheld,
+    /// Yes, and they were relayed when they came: only their framing is
+    /// left, so a STARTTLS among them can no longer be intercepted.
+    Relayed,
+}
+
 /// How the next client bytes are framed.
 #[derive(Debug)]
 enum Mode {
@@ -249,10 +262,8 @@ pub struct Observer {
     after_refused_auth: bool,
     /// The AUTH mechanisms the server's last EHLO reply offered.
     offered_auth: Vec<String>,
-    /// True while held client bytes are read again: all of them were sent
-    /// before the reply that released them, so each command in them was
-    /// pipelined, though nothing may be outstanding now.
-    releasing_held: bool,
+    /// Whether held client bytes are being read again (`release_held`).
+    rereading: Rereading,
     lines: LineAssembler,
     mode: Mode,
     replies: ReplyParser,
@@ -301,7 +312,7 @@ impl Observer {
             sasl: None,
             after_refused_auth: false,
             offered_auth: Vec::new(),
-            releasing_held: false,
+            rereading: Rereading::No,
             lines: LineAssembler::default(),
             mode: Mode::Commands,
             replies: ReplyParser::default(),
@@ -487,9 +498,12 @@ impl Observer {
                 }
             }
             self.on_reply(now, reply, &mut actions, out);
+            // Replies the proxy gave itself to commands that reply released follow it.
+            forward.insert(&std::mem::take(&mut actions.to_client));
             while self.pending.front().is_some_and(|p| p.awaited == Awaited::LocalStartTls) {
                 let wire = self.answer_starttls_locally(now, &mut actions, out);
                 forward.insert(&wire);
+                forward.insert(&std::mem::take(&mut actions.to_client));
             }
         }
         actions.to_client = forward.finish();
@@ -638,7 +652,10 @@ impl Observer {
     ) -> usize {
         match &mut self.mode {
             Mode::Commands | Mode::SaslResponse => {
-                let gated = self.policy != StartTlsPolicy::Mirror && matches!(self.mode, Mode::Commands);
+                // Bytes relayed already cannot be withheld any more: no gate for them.
+                let gated = self.policy != StartTlsPolicy::Mirror
+                    && matches!(self.mode, Mode::Commands)
+                    && self.rereading != Rereading::Relayed;
                 if gated && self.lines.is_idle() && self.gate.is_none() {
                     self.gate = Some(Vec::new());
                 }
@@ -753,9 +770,9 @@ impl Observer {
         let held = std::mem::take(&mut self.held);
         let since = self.held_since.take().unwrap_or(now);
         let mut forward = Forward::new(&held);
-        self.releasing_held = true;
+        self.rereading = if was_withheld { Rereading::Withheld } else { Rereading::Relayed };
         self.client_input(since, &held, &mut forward, actions, out);
-        self.releasing_held = false;
+        self.rereading = Rereading::No;
         if was_withheld {
             actions.to_upstream.to_mut().extend_from_slice(&forward.finish());
         }
@@ -815,7 +832,9 @@ impl Observer {
     /// Whether the client line being framed was sent before the replies to
     /// what came before it.
     fn sent_pipelined(&self) -> bool {
-        self.releasing_held || !self.pending.is_empty()
+        // Held bytes were all sent before the reply that released them, even
+        // if nothing is outstanding now.
+        self.rereading != Rereading::No || !self.pending.is_empty()
     }
 
     /// A complete client line in command or SASL mode.
@@ -1662,6 +1681,47 @@ mod tests {
                 assert_eq!(pipelined, want, "cut {cut}: {:?}", verbs(&out));
             }
         }
+    }
+
+    /// Held client bytes that were relayed when they came (behind DATA or
+    /// AUTH) are only framed when released: a STARTTLS among them went to
+    /// the server and is its to answer, and nothing is relayed twice.
+    #[test]
+    fn held_bytes_relayed_already_are_neither_intercepted_nor_relayed_again() {
+        let split_after_data: &[Step] = &[
+            S(b"220 mx\r\n"),
+            C(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nST"),
+            S(b"250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n"),
+            C(b"AT\r\n"),
+            S(b"211 stat\r\n"),
+        ];
+        let starttls_after_data: &[Step] = &[
+            S(b"220 mx\r\n"),
+            C(b"MAIL FROM:<a@b>\r\nDATA\r\nSTARTTLS\r\n"),
+            S(b"250 ok\r\n554 no\r\n502 no tls here\r\n"),
+        ];
+        for policy in [StartTlsPolicy::ProxyOffers, StartTlsPolicy::Refused] {
+            for steps in [split_after_data, starttls_after_data] {
+                let out = observe_with(policy, steps, &[]);
+                assert_eq!(out.to_upstream, sent(steps, true), "{policy:?}: relayed once, unchanged");
+                assert_eq!(out.to_client, sent(steps, false), "{policy:?}: only the server answered");
+                assert!(out.upgrades.is_empty(), "{policy:?}");
+            }
+            let out = observe_with(policy, starttls_after_data, &[]);
+            assert_eq!(verbs(&out).last(), Some(&v("STARTTLS", 502)));
+            assert!(out.exchanges.iter().all(|e| e.answered_by.is_none()));
+        }
+    }
+
+    /// Two pipelined STARTTLS the proxy refuses itself: both refusals reach
+    /// the client, the second one released by the first.
+    #[test]
+    fn every_local_starttls_answer_reaches_the_client() {
+        let steps: &[Step] = &[S(b"220 mx\r\n"), C(b"EHLO c\r\nSTARTTLS\r\nSTARTTLS\r\n"), S(b"250 mx\r\n")];
+        let out = observe_with(StartTlsPolicy::Refused, steps, &[]);
+        let text = String::from_utf8_lossy(&out.to_client).into_owned();
+        assert_eq!(text.matches("454 4.7.0").count(), 2, "{text}");
+        assert_eq!(out.to_upstream, b"EHLO c\r\n");
     }
 
     /// An unfinished line the session ends on is redacted as a whole one
