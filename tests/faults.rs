@@ -71,12 +71,17 @@ fn upstream_closes_mid_reply_to(command: &'static [u8], verb: &str) {
     let session = &proxy.sessions(1)[0];
     let end = end_of(session);
     assert_eq!(end["reason"], "upstream-closed");
-    assert_eq!(summary(session), [("-".to_owned(), 220), (verb.to_owned(), 0)]);
-    let pending = exchanges(session)[1];
-    assert!(pending["reply"].is_null(), "pending command has no reply: {pending}");
-    assert_eq!(pending["command"]["line"].as_str().unwrap().as_bytes(), &command[..command.len() - 2]);
+    // The part of the reply that came answers the command, marked truncated.
+    assert_eq!(summary(session), [("-".to_owned(), 220), (verb.to_owned(), 250)]);
+    let cut = exchanges(session)[1];
+    assert_eq!(
+        (&cut["reply"]["lines"][0], &cut["reply"]["truncated"]),
+        (&Value::from("first"), &Value::from(true)),
+        "{cut}"
+    );
+    assert_eq!(cut["command"]["line"].as_str().unwrap().as_bytes(), &command[..command.len() - 2]);
     let notes = notes(session);
-    assert!(notes.iter().any(|n| n.contains("middle of a reply")), "note about the partial reply: {notes:?}");
+    assert!(notes.iter().any(|n| n.contains("middle of a server reply")), "note about the partial reply: {notes:?}");
     assert_eq!(end["bytes_from_upstream"], got.len());
 }
 
@@ -128,7 +133,7 @@ fn upstream_closing_mid_data_is_passed_on_and_recorded() {
     assert_eq!(content["message"]["size"], PARTIAL.len());
     assert_eq!(body_bytes(content), PARTIAL);
     let notes = notes(session);
-    assert!(!notes.iter().any(|n| n.contains("middle of a reply")), "no reply was cut: {notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("middle of a server reply")), "no reply was cut: {notes:?}");
 }
 
 /// An upstream that closes or resets before its greeting: the client gets a

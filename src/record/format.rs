@@ -279,7 +279,7 @@ pub enum NoteKind {
     AuthMechanismsUnused,
     /// Client bytes that no reply came for, or that went over the hold limit.
     UnansweredClientData,
-    /// The server closed in the middle of a reply.
+    /// The session ended in the middle of a server reply.
     PartialReply,
     /// A kind this version does not know.
     #[serde(other)]

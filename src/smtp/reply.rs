@@ -82,6 +82,28 @@ impl ReplyParser {
         self.line.is_idle() && self.current.lines.is_empty() && self.current.omitted_lines == 0
     }
 
+    /// The part of a reply that the stream ended in the middle of: its
+    /// complete lines and the unfinished one, marked `truncated`; `None` at a
+    /// reply boundary. The parser is at a boundary afterwards.
+    pub fn take_partial(&mut self) -> Option<Reply> {
+        if self.is_idle() {
+            return None;
+        }
+        let partial = self.line.partial();
+        if partial.len > 0 {
+            let (code, _, body) = split_reply_line(partial.text);
+            if self.current.lines.is_empty() {
+                self.current.code = code;
+            }
+            self.current.lines.push(body.to_vec());
+        }
+        let mut reply = std::mem::take(&mut self.current);
+        reply.truncated = true;
+        self.line = LineAssembler::default();
+        self.kept = 0;
+        Some(reply)
+    }
+
     /// Adds the completed line to the current reply; true when it was the last.
     fn take_line(&mut self) -> bool {
         let Line { text, len } = self.line.line();

@@ -586,6 +586,13 @@ impl Observer {
             pending.tls = self.client_tls;
             self.pending.push_back(pending);
         }
+        if let Some(partial) = self.replies.take_partial() {
+            // What came of the reply answers the command it was for (or none).
+            let text = "the session ended in the middle of a server reply; the part that came is recorded, truncated";
+            out.note(self.clock.wall(now), NoteKind::PartialReply, text.into(), None);
+            let p = self.pending.pop_front().unwrap_or_else(|| Pending::new(Awaited::Content, now));
+            self.emit(p, Some(&partial), now, out);
+        }
         while let Some(p) = self.pending.pop_front() {
             self.emit(p, None, now, out);
         }
@@ -599,10 +606,6 @@ impl Observer {
             let text =
                 format!("{} further client bytes were relayed but not kept (over the hold limit)", self.held_dropped);
             out.note(self.clock.wall(now), NoteKind::UnansweredClientData, text, None);
-        }
-        if !self.replies.is_idle() {
-            let text = "the server closed in the middle of a reply".into();
-            out.note(self.clock.wall(now), NoteKind::PartialReply, text, None);
         }
     }
 
@@ -1480,7 +1483,9 @@ mod tests {
             C(b"QU"),
         ];
         let out = observe(&steps, &[]);
-        assert_eq!(verbs(&out), [v("", 220), v("MAIL", 250), (Some("RCPT".into()), None), (Some("DATA".into()), None)]);
+        assert_eq!(verbs(&out), [v("", 220), v("MAIL", 250), v("RCPT", 250), (Some("DATA".into()), None)]);
+        let cut_short = out.exchanges[2].reply.as_ref().unwrap();
+        assert_eq!((cut_short.lines.as_slice(), cut_short.truncated), (&["partial".to_owned()][..], true));
         assert_eq!(out.notes.len(), 2, "held client bytes and the partial reply: {:?}", out.notes);
         let steps = [S(b"220 mx\r\n"), C(b"DATA\r\n"), S(b"354 go\r\n"), C(b"Subject: x\r\n\r\npart")];
         let out = observe(&steps, &[]);
@@ -1722,6 +1727,21 @@ mod tests {
         let text = String::from_utf8_lossy(&out.to_client).into_owned();
         assert_eq!(text.matches("454 4.7.0").count(), 2, "{text}");
         assert_eq!(out.to_upstream, b"EHLO c\r\n");
+    }
+
+    /// A reply the session ended in the middle of is recorded as far as it
+    /// came, with the command it answered, marked truncated.
+    #[test]
+    fn a_reply_cut_short_is_recorded_as_far_as_it_came() {
+        let steps: &[Step] =
+            &[S(b"220 mx\r\n"), C(b"MAIL FROM:<a@b>\r\n"), S(b"421-4.3.2 shutting down\r\n421-disk fu")];
+        for cut in 0..40 {
+            let out = observe(steps, &[0, 0, cut]);
+            assert_eq!(verbs(&out), [v("", 220), v("MAIL", 421)], "cut {cut}");
+            let reply = out.exchanges[1].reply.as_ref().unwrap();
+            assert_eq!(reply.lines, ["4.3.2 shutting down", "disk fu"], "cut {cut}");
+            assert!(reply.truncated);
+        }
     }
 
     /// An unfinished line the session ends on is redacted as a whole one
