@@ -567,6 +567,14 @@ impl Observer {
         if let Some(digest) = self.message.take() {
             self.close_message(now, digest.finish(false), out);
         }
+        if let Some(partial) = self.replies.take_partial() {
+            // What came of the reply answers the command it was for (or none):
+            // never the client's unfinished line below, which nothing can answer.
+            let text = "the session ended in the middle of a server reply; the part that came is recorded, truncated";
+            out.note(self.clock.wall(now), NoteKind::PartialReply, text.into(), None);
+            let p = self.pending.pop_front().unwrap_or_else(|| Pending::new(Awaited::Content, now));
+            self.emit(p, Some(&partial), now, out);
+        }
         if !self.lines.is_idle() {
             let partial = self.lines.partial();
             let command = Command::parse(partial.text);
@@ -585,13 +593,6 @@ impl Observer {
             pending.command = Some(record);
             pending.tls = self.client_tls;
             self.pending.push_back(pending);
-        }
-        if let Some(partial) = self.replies.take_partial() {
-            // What came of the reply answers the command it was for (or none).
-            let text = "the session ended in the middle of a server reply; the part that came is recorded, truncated";
-            out.note(self.clock.wall(now), NoteKind::PartialReply, text.into(), None);
-            let p = self.pending.pop_front().unwrap_or_else(|| Pending::new(Awaited::Content, now));
-            self.emit(p, Some(&partial), now, out);
         }
         while let Some(p) = self.pending.pop_front() {
             self.emit(p, None, now, out);
@@ -1730,9 +1731,13 @@ mod tests {
     }
 
     /// A reply the session ended in the middle of is recorded as far as it
-    /// came, with the command it answered, marked truncated.
+    /// came, with the command it answered, marked truncated; with no command
+    /// outstanding it is unsolicited, never paired with an unfinished line.
     #[test]
     fn a_reply_cut_short_is_recorded_as_far_as_it_came() {
+        let out = observe(&[S(b"220 mx\r\n"), C(b"MAIL FR"), S(b"421-4.3.2 bye\r\n421-mo")], &[]);
+        let with_command: Vec<_> = out.exchanges.iter().map(|e| (e.command.is_some(), e.reply.is_some())).collect();
+        assert_eq!(with_command, [(false, true), (false, true), (true, false)], "{:?}", verbs(&out));
         let steps: &[Step] =
             &[S(b"220 mx\r\n"), C(b"MAIL FROM:<a@b>\r\n"), S(b"421-4.3.2 shutting down\r\n421-disk fu")];
         for cut in 0..40 {
