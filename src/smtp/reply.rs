@@ -91,11 +91,12 @@ impl ReplyParser {
         }
         let partial = self.line.partial();
         if partial.len > 0 {
-            let (code, _, body) = split_reply_line(partial.text);
-            if self.current.lines.is_empty() {
+            // An unfinished line cannot change the code the reply's first line gave.
+            let earlier = (!self.current.lines.is_empty()).then_some(self.current.code);
+            add_line(&mut self.current, &mut self.kept, partial);
+            if let Some(code) = earlier {
                 self.current.code = code;
             }
-            self.current.lines.push(body.to_vec());
         }
         let mut reply = std::mem::take(&mut self.current);
         reply.truncated = true;
@@ -106,23 +107,26 @@ impl ReplyParser {
 
     /// Adds the completed line to the current reply; true when it was the last.
     fn take_line(&mut self) -> bool {
-        let Line { text, len } = self.line.line();
-        let truncated = len > text.len();
-        let (code, last, body) = split_reply_line(text);
-        let reply = &mut self.current;
-        reply.code = code;
-        if reply.lines.len() < MAX_REPLY_LINES && self.kept + body.len() <= MAX_REPLY_BYTES {
-            self.kept += body.len();
-            reply.lines.push(body.to_vec());
-            reply.truncated |= truncated;
-        } else {
-            reply.omitted_lines += 1;
-        }
-        if last {
-            self.kept = 0;
-        }
-        last
+        add_line(&mut self.current, &mut self.kept, self.line.line())
     }
+}
+
+/// Adds a reply line to `reply`, within the limits on a reply's lines and
+/// bytes (`kept` so far); true when it was the reply's last line.
+fn add_line(reply: &mut Reply, kept: &mut usize, Line { text, len }: Line<'_>) -> bool {
+    let (code, last, body) = split_reply_line(text);
+    reply.code = code;
+    if reply.lines.len() < MAX_REPLY_LINES && *kept + body.len() <= MAX_REPLY_BYTES {
+        *kept += body.len();
+        reply.lines.push(body.to_vec());
+        reply.truncated |= len > text.len();
+    } else {
+        reply.omitted_lines += 1;
+    }
+    if last {
+        *kept = 0;
+    }
+    last
 }
 
 /// Splits `250-text` into (250, false, "text"). A line that does not start
