@@ -558,7 +558,7 @@ fn sigterm_tells_live_clients_and_completes_every_recording() {
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.ends_with('\n'), "{}: unfinished last line", file.display());
-        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+        let records = read_records(&file);
         let end = end_of(&records);
         assert_eq!(end["reason"], "shutdown", "{}", file.display());
         let last = *exchanges(&records).last().unwrap();
